@@ -1,0 +1,38 @@
+# Two commands for a newcomer:  `make demo`  and  `make test`.
+# Each builds what it needs first (two venvs: .venv = standalone diffusers stack, .venv-host = the WebUI's pins).
+PY ?= python3
+VENV := .venv
+HOST := .venv-host
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-standalone test-host venvs clean
+
+$(VENV)/.ok: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e ".[standalone,rank,test]"
+	$(VENV)/bin/pip install -q --no-deps "open_clip_torch==3.3.0" || echo "open_clip vocab not installed: byte-level tokenizer"
+	touch $@
+
+$(HOST)/.ok: pyproject.toml
+	$(PY) -m venv $(HOST)
+	$(HOST)/bin/pip install -q $(TORCH)
+	$(HOST)/bin/pip install -q -e ".[host,test]"
+	@! $(HOST)/bin/python -c "import diffusers" 2>/dev/null || (echo "diffusers must not be in the host-like venv" && exit 1)
+	touch $@
+
+venvs: $(VENV)/.ok $(HOST)/.ok
+
+demo: $(VENV)/.ok
+	$(VENV)/bin/i4vgen generate --prompt "a corgi running on the beach" --out out/demo
+
+test-standalone: $(VENV)/.ok
+	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone bench
+
+test-host: $(HOST)/.ok
+	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host
+
+test: test-standalone test-host
+
+clean:
+	rm -rf $(VENV) $(HOST) out

@@ -1,0 +1,9 @@
+"""Every test runs offline: no hub access, a throwaway HF cache."""
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="i4vgen-hf-"))
+os.environ.setdefault("I4VGEN_CACHE", tempfile.mkdtemp(prefix="i4vgen-cache-"))
