@@ -27,7 +27,7 @@ demo: $(VENV)/.ok
 	$(VENV)/bin/i4vgen generate --prompt "a corgi running on the beach" --out out/demo
 
 test-standalone: $(VENV)/.ok
-	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone bench
+	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone
 
 test-host: $(HOST)/.ok
 	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host
