@@ -1,0 +1,190 @@
+"""EVS refinement (Su et al., CVPR 2025): T2I + [T2V] + T2I on the same SD1.5 / AnimateDiff pair.
+
+An existing video latent is SDEdit-noised and denoised frame by frame in image mode; at one T2I step the
+"encapsulated" video block runs once: the image model's x0 prediction is taken to the video model's noise level
+t_V, denoised n_V steps in video mode, and the video model's x0 prediction is re-noised back to the current T2I
+timestep, where image-mode denoising resumes.
+
+The EVS authors' code is not public; these choices are OURS and every one is a setting:
+* one DDIM schedule (the denoiser's S timesteps) serves both models, so t_I, t_V are picked as strengths;
+* ``strength`` s_I = 0.4 (the paper's), i.e. int(S*0.4) T2I steps;
+* ``t2v_step`` = the T2I step (1-based) whose x0 prediction enters the block; default: the middle one;
+* ``video_strength`` s_V = 0.3 sets t_V = timesteps[S - int(S*s_V)]; ``video_steps`` n_V = 4;
+* the block's output is re-noised to the SAME T2I timestep and that step is evaluated again (one extra image
+  call): Algorithm 1 re-noises to t_T2V, so the T2I loop resumes there;
+* bridge noises are fresh draws (``fresh_bridge_noise``); off reuses the SDEdit noise for both bridges;
+* ``inversion`` (off): reach t_V by DDIM inversion with the video model instead of SDEdit noising.
+With n_V = 0 (or t2v_step = 0) no block runs and EVS is plain SDEdit in image mode.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from .denoiser import Denoiser, StepCallback, notify
+from .schedule import add_noise
+from .settings import SettingsError
+
+
+@dataclass(frozen=True)
+class EVSSettings:
+    strength: float = 0.4
+    t2v_step: int = -1  # -1: the middle T2I step
+    video_strength: float = 0.3
+    video_steps: int = 4
+    fresh_bridge_noise: bool = True
+    inversion: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("strength", "video_strength"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise SettingsError(f"evs_{name}", value, "a number in (0, 1]")
+        if isinstance(self.video_steps, bool) or not isinstance(self.video_steps, int) or self.video_steps < 0:
+            raise SettingsError("evs_video_steps", self.video_steps, "an integer >= 0")
+        if isinstance(self.t2v_step, bool) or not isinstance(self.t2v_step, int) or self.t2v_step < -1:
+            raise SettingsError("evs_t2v_step", self.t2v_step, "-1 (middle), 0 (no block) or a T2I step number >= 1")
+
+    def plan(self, steps: int) -> Dict[str, int]:
+        """Step counts for S sampling steps: T2I steps, the block's step number, t_V's index and n_V."""
+        image_steps = min(int(steps * self.strength), steps)
+        if image_steps < 1:
+            raise SettingsError("evs_strength", self.strength, f"a strength giving at least one of {steps} steps")
+        block_at = (image_steps + 1) // 2 if self.t2v_step == -1 else self.t2v_step
+        if block_at > image_steps:
+            raise SettingsError("evs_t2v_step", self.t2v_step, f"-1, 0 or a step in [1, {image_steps}]")
+        video_total = min(int(steps * self.video_strength), steps)
+        if self.video_steps > video_total:
+            raise SettingsError("evs_video_steps", self.video_steps,
+                                f"an integer in [0, {video_total}] (int(S * video_strength) with S = {steps})")
+        runs_block = block_at > 0 and self.video_steps > 0
+        return {"image_steps": image_steps, "block_at": block_at if runs_block else 0,
+                "video_start_index": steps - video_total, "video_steps": self.video_steps if runs_block else 0}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EVSNoises:
+    sdedit: torch.Tensor  # (1, 4, F, h, w)
+    to_video: torch.Tensor  # bridge into the video block (SDEdit to t_V)
+    to_image: torch.Tensor  # bridge back onto the image schedule
+
+
+def draw_evs_noises(generator: torch.Generator, shape, *, fresh_bridge_noise: bool = True) -> EVSNoises:
+    sdedit = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if not fresh_bridge_noise:
+        return EVSNoises(sdedit, sdedit, sdedit)
+    return EVSNoises(sdedit, torch.randn(shape, generator=generator, dtype=torch.float32),
+                     torch.randn(shape, generator=generator, dtype=torch.float32))
+
+
+@dataclass
+class EVSResult:
+    latents: torch.Tensor
+    unet_calls: Dict[str, int]
+    timesteps: Dict[str, List[int]] = field(default_factory=dict)
+    block_input: Optional[torch.Tensor] = None  # z0^I
+    block_output: Optional[torch.Tensor] = None  # z0^IV
+
+
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    a = alphas_cumprod[t].to(x_t.dtype)
+    return (x_t - (1 - a) ** 0.5 * eps) / a**0.5
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:  # (1, 4, F, h, w) -> (F, 4, h, w)
+    return video[0].permute(1, 0, 2, 3)
+
+
+def _video(frames: torch.Tensor) -> torch.Tensor:  # (F, 4, h, w) -> (1, 4, F, h, w)
+    return frames.permute(1, 0, 2, 3)[None]
+
+
+def _ddim(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev_t: int, ac: torch.Tensor) -> torch.Tensor:
+    a_prev = ac[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+@torch.no_grad()
+def ddim_invert(
+    denoiser: Denoiser, x0: torch.Tensor, up_to_index: int, *, video: bool, callback: Optional[StepCallback] = None
+) -> torch.Tensor:
+    """Deterministic DDIM inversion from a clean latent to ``timesteps[up_to_index]``."""
+    ts = list(denoiser.timesteps)
+    ac = denoiser.alphas_cumprod
+    path = ts[up_to_index:][::-1]  # ascending
+    x, prev_a = x0, torch.tensor(1.0)
+    for i, t in enumerate(path):
+        # The prediction at the previous (lower) level drives the step up to t, as in DDIM inversion.
+        t_eval = path[i - 1] if i > 0 else t
+        eps = denoiser.predict_noise(x, t_eval, video=video)
+        a = ac[t]
+        x0_hat = (x - (1 - prev_a) ** 0.5 * eps) / prev_a**0.5
+        x = a**0.5 * x0_hat + (1 - a) ** 0.5 * eps
+        prev_a = a
+        notify(callback, "evs-inversion", i + 1, len(path), t)
+    return x
+
+
+@torch.no_grad()
+def evs_refine(
+    denoiser: Denoiser,
+    video: torch.Tensor,
+    noises: EVSNoises,
+    settings: EVSSettings = EVSSettings(),
+    *,
+    inversion_denoiser: Optional[Denoiser] = None,
+    callback: Optional[StepCallback] = None,
+) -> EVSResult:
+    """Refine ``video`` (1, 4, F, h, w) with T2I + [T2V] + T2I. Returns the latents and the UNet calls per kind."""
+    ts = list(denoiser.timesteps)
+    ac = denoiser.alphas_cumprod
+    plan = settings.plan(len(ts))
+    image_run = ts[len(ts) - plan["image_steps"] :]
+    video_run = ts[plan["video_start_index"] : plan["video_start_index"] + plan["video_steps"]]
+    calls = {"image": 0, "video": 0, "inversion": 0}
+    z0_i = z0_iv = None
+
+    z = _frames(add_noise(video, noises.sdedit, image_run[0], ac))
+    for j, t in enumerate(image_run):
+        eps = denoiser.predict_noise(z, t, video=False)
+        calls["image"] += 1
+        if j + 1 == plan["block_at"]:
+            z0_i = _video(x0_from_eps(z, eps, t, ac))
+            z0_iv = _video_block(denoiser, z0_i, noises.to_video, video_run, plan, settings, calls,
+                                 inversion_denoiser, callback)
+            z = _frames(add_noise(z0_iv, noises.to_image, t, ac))
+            eps = denoiser.predict_noise(z, t, video=False)
+            calls["image"] += 1
+        prev_t = image_run[j + 1] if j + 1 < len(image_run) else -1
+        z = _ddim(z, x0_from_eps(z, eps, t, ac), eps, prev_t, ac)
+        notify(callback, "evs-image", j + 1, len(image_run), t)
+
+    calls["total"] = calls["image"] + calls["video"] + calls["inversion"]
+    return EVSResult(_video(z), calls, {"image": image_run, "video": video_run}, z0_i, z0_iv)
+
+
+def _video_block(denoiser, z0_i, noise, video_run, plan, settings, calls, inversion_denoiser, callback):
+    ac = denoiser.alphas_cumprod
+    if settings.inversion:
+        inverter = inversion_denoiser or denoiser
+        before = inverter.unet_calls
+        zv = ddim_invert(inverter, z0_i, plan["video_start_index"], video=True, callback=callback)
+        calls["inversion"] += inverter.unet_calls - before
+    else:
+        zv = add_noise(z0_i, noise, video_run[0], ac)
+    ts = list(denoiser.timesteps)
+    x0 = z0_i
+    for i, t in enumerate(video_run):
+        eps = denoiser.predict_noise(zv, t, video=True)
+        calls["video"] += 1
+        x0 = x0_from_eps(zv, eps, t, ac)
+        k = ts.index(t)
+        prev_t = ts[k + 1] if k + 1 < len(ts) else -1
+        zv = _ddim(zv, x0, eps, prev_t, ac)
+        notify(callback, "evs-video", i + 1, len(video_run), t)
+    return x0
