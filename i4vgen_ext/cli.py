@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -13,6 +10,7 @@ from .settings import FIELD_BY_NAME, PRESETS, RANKERS, FALLBACKS, I4VGenSettings
 from .outputs import VIDEO_FORMATS
 
 DTYPES = ("float32", "float16", "bfloat16")
+MODES = ("i4vgen", "plain", "i4vgen+evs", "plain+evs")
 
 
 def _help(name: str) -> str:
@@ -26,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="Generate a video with I4VGen.")
     g.add_argument("--prompt", required=True, help=_help("prompt"))
     g.add_argument("--out", required=True, type=Path, help="Output folder (created).")
+    g.add_argument("--mode", default="i4vgen", choices=MODES,
+                   help="i4vgen (default); plain = plain AnimateDiff; '+evs' adds EVS refinement afterwards.")
     g.add_argument("--preset", default="official", choices=tuple(PRESETS), help=_help("preset"))
     g.add_argument("--backbone", default="animatediff", choices=("animatediff", "i2vgen-xl"),
                    help="Video model family: AnimateDiff (SD1.5 + motion module) or I2VGen-XL (needs --anchor-image).")
@@ -59,7 +59,49 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Compute device.")
     g.add_argument("--dtype", default="float32", choices=DTYPES, help="Model dtype (latents stay float32).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_evs_arguments(g)
+
+    r = sub.add_parser("refine", help="Refine an existing video with EVS (T2I + [T2V] + T2I).")
+    r.add_argument("--video", required=True, type=Path, help="GIF/WebP/MP4 file or a folder of frames.")
+    r.add_argument("--prompt", required=True, help=_help("prompt"))
+    r.add_argument("--out", required=True, type=Path, help="Output folder (created).")
+    for flag in ("--model", "--motion-module"):
+        r.add_argument(flag, help=g._option_string_actions[flag].help)
+    r.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]", help="LoRA file. Repeatable.")
+    r.add_argument("--frames", type=int, help="Use at most this many frames of the input.")
+    for name in ("steps", "guidance", "width", "height"):
+        r.add_argument(f"--{name}", type=FIELD_BY_NAME[name].kind, help=_help(name))
+    r.add_argument("--negative-prompt", help=_help("negative_prompt"))
+    r.add_argument("--seed", type=int, default=-1, help=_help("seed"))
+    for flag in ("--format", "--fps", "--device", "--dtype"):
+        action = g._option_string_actions[flag]
+        r.add_argument(flag, default=action.default, type=action.type, choices=action.choices, help=action.help)
+    r.add_argument("--save-latents", action="store_true", help="Also write latents.safetensors.")
+    r.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_evs_arguments(r)
     return parser
+
+
+def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
+    evs = parser.add_argument_group("EVS refinement (our defaults; the EVS authors' code is not public)")
+    evs.add_argument("--evs-strength", type=float, default=0.4, help="s_I: SDEdit strength of the T2I pass, (0, 1].")
+    evs.add_argument("--evs-t2v-step", type=int, default=-1,
+                     help="T2I step (1-based) that runs the video block; -1 = the middle one; 0 = no block.")
+    evs.add_argument("--evs-video-strength", type=float, default=0.3,
+                     help="s_V: noise level t_V = timesteps[S - int(S*s_V)] the block starts from, (0, 1].")
+    evs.add_argument("--evs-video-steps", type=int, default=4, help="n_V: video steps in the block (0..int(S*s_V)).")
+    evs.add_argument("--evs-reuse-bridge-noise", action="store_true",
+                     help="Reuse the SDEdit noise for both bridges instead of fresh draws.")
+    evs.add_argument("--evs-inversion", action="store_true",
+                     help="Reach t_V by DDIM inversion with the video model (no CFG) instead of SDEdit noising.")
+
+
+def evs_settings_from_args(args: argparse.Namespace):
+    from .evs import EVSSettings
+
+    return EVSSettings(strength=args.evs_strength, t2v_step=args.evs_t2v_step, video_strength=args.evs_video_strength,
+                       video_steps=args.evs_video_steps, fresh_bridge_noise=not args.evs_reuse_bridge_noise,
+                       inversion=args.evs_inversion)
 
 
 def parse_formats(text: str) -> List[str]:
@@ -115,6 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .generate import generate
 
             generate(args)
+        elif args.command == "refine":
+            from .generate import refine
+
+            refine(args)
         return 0
     except SettingsError as err:
         print(f"i4vgen: error: {err}", file=sys.stderr)

@@ -97,3 +97,12 @@ def regenerate(
     before = denoiser.unet_calls
     x = denoiser.denoise(video, noise, steps=steps, video=True, stage="regeneration", callback=callback)
     return StageResult(x, denoiser.unet_calls - before, ts)
+
+
+@torch.no_grad()
+def plain_video(denoiser: Denoiser, noise: torch.Tensor, *, callback: Optional[StepCallback] = None) -> StageResult:
+    """Plain AnimateDiff: a full video-mode denoise from ``noise`` (1, 4, F, h, w). The baseline I4VGen improves."""
+    before = denoiser.unet_calls
+    steps = len(denoiser.timesteps)
+    latents = denoiser.denoise(None, noise, steps=steps, video=True, stage="plain", callback=callback)
+    return StageResult(latents, denoiser.unet_calls - before, list(denoiser.timesteps))

@@ -151,3 +151,13 @@ def test_shape_errors_are_clear():
         ni_vsds(MockDenoiser(), video, noise[:, :, :3], iterations=1, alphas=[1.0])
     with pytest.raises(ValueError, match=r"\(N, 4, h, w\)"):
         generate_candidates(MockDenoiser(), video)
+
+
+def test_plain_video_is_a_full_video_denoise_from_the_noise():
+    from i4vgen_ext.stages import plain_video
+
+    den = MockDenoiser(steps=5)
+    noise, _ = _video_and_noise(frames=3)
+    out = plain_video(den, noise)
+    assert out.unet_calls == 5 and all(video for _, video, _ in den.calls)
+    assert torch.equal(den.calls[0][2], noise) and out.latents.shape == noise.shape
