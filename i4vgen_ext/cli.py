@@ -89,7 +89,8 @@ def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
                      help="T2I step (1-based) that runs the video block; -1 = the middle one; 0 = no block.")
     evs.add_argument("--evs-video-strength", type=float, default=0.3,
                      help="s_V: noise level t_V = timesteps[S - int(S*s_V)] the block starts from, (0, 1].")
-    evs.add_argument("--evs-video-steps", type=int, default=4, help="n_V: video steps in the block (0..int(S*s_V)).")
+    evs.add_argument("--evs-video-steps", type=int, default=-1,
+                     help="n_V: video steps in the block, 0..int(S*s_V); -1 = min(4, int(S*s_V)).")
     evs.add_argument("--evs-reuse-bridge-noise", action="store_true",
                      help="Reuse the SDEdit noise for both bridges instead of fresh draws.")
     evs.add_argument("--evs-inversion", action="store_true",

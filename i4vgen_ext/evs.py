@@ -9,7 +9,8 @@ The EVS authors' code is not public; these choices are OURS and every one is a s
 * one DDIM schedule (the denoiser's S timesteps) serves both models, so t_I, t_V are picked as strengths;
 * ``strength`` s_I = 0.4 (the paper's), i.e. int(S*0.4) T2I steps;
 * ``t2v_step`` = the T2I step (1-based) whose x0 prediction enters the block; default: the middle one;
-* ``video_strength`` s_V = 0.3 sets t_V = timesteps[S - int(S*s_V)]; ``video_steps`` n_V = 4;
+* ``video_strength`` s_V = 0.3 sets t_V = timesteps[S - int(S*s_V)]; ``video_steps`` n_V = 4 (or all the steps
+  below t_V when there are fewer: -1 means min(4, int(S*s_V)));
 * the block's output is re-noised to the SAME T2I timestep and that step is evaluated again (one extra image
   call): Algorithm 1 re-noises to t_T2V, so the T2I loop resumes there;
 * bridge noises are fresh draws (``fresh_bridge_noise``); off reuses the SDEdit noise for both bridges;
@@ -28,12 +29,15 @@ from .schedule import add_noise
 from .settings import SettingsError
 
 
+DEFAULT_VIDEO_STEPS = 4
+
+
 @dataclass(frozen=True)
 class EVSSettings:
     strength: float = 0.4
     t2v_step: int = -1  # -1: the middle T2I step
     video_strength: float = 0.3
-    video_steps: int = 4
+    video_steps: int = -1  # -1: min(4, int(S * video_strength))
     fresh_bridge_noise: bool = True
     inversion: bool = False
 
@@ -42,8 +46,8 @@ class EVSSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise SettingsError(f"evs_{name}", value, "a number in (0, 1]")
-        if isinstance(self.video_steps, bool) or not isinstance(self.video_steps, int) or self.video_steps < 0:
-            raise SettingsError("evs_video_steps", self.video_steps, "an integer >= 0")
+        if isinstance(self.video_steps, bool) or not isinstance(self.video_steps, int) or self.video_steps < -1:
+            raise SettingsError("evs_video_steps", self.video_steps, "-1 (auto) or an integer >= 0")
         if isinstance(self.t2v_step, bool) or not isinstance(self.t2v_step, int) or self.t2v_step < -1:
             raise SettingsError("evs_t2v_step", self.t2v_step, "-1 (middle), 0 (no block) or a T2I step number >= 1")
 
@@ -56,12 +60,13 @@ class EVSSettings:
         if block_at > image_steps:
             raise SettingsError("evs_t2v_step", self.t2v_step, f"-1, 0 or a step in [1, {image_steps}]")
         video_total = min(int(steps * self.video_strength), steps)
-        if self.video_steps > video_total:
+        video_steps = min(DEFAULT_VIDEO_STEPS, video_total) if self.video_steps == -1 else self.video_steps
+        if video_steps > video_total:
             raise SettingsError("evs_video_steps", self.video_steps,
                                 f"an integer in [0, {video_total}] (int(S * video_strength) with S = {steps})")
-        runs_block = block_at > 0 and self.video_steps > 0
+        runs_block = block_at > 0 and video_steps > 0
         return {"image_steps": image_steps, "block_at": block_at if runs_block else 0,
-                "video_start_index": steps - video_total, "video_steps": self.video_steps if runs_block else 0}
+                "video_start_index": steps - video_total, "video_steps": video_steps if runs_block else 0}
 
     def to_dict(self) -> dict:
         return asdict(self)

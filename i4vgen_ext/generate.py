@@ -57,6 +57,11 @@ def generate(args: argparse.Namespace) -> Path:
     from .cli import evs_settings_from_args, parse_formats, parse_loras, settings_from_args
 
     # 1. Check every input before any model work.
+    if args.backbone == "i2vgen-xl":
+        from .backbones.i2vgen_xl import DEFAULTS as I2V_DEFAULTS  # unset flags take I2VGen-XL's own defaults
+
+        args.steps = args.steps or I2V_DEFAULTS["steps"]
+        args.guidance = I2V_DEFAULTS["guidance"] if args.guidance is None else args.guidance
     settings = settings_from_args(args)
     formats = parse_formats(args.format)
     loras = parse_loras(args.lora)
@@ -94,12 +99,19 @@ def generate(args: argparse.Namespace) -> Path:
     noises = draw_noises(generator, frames=settings.frames, candidates=settings.candidates,
                          latent_height=settings.height // scale, latent_width=settings.width // scale)
     anchor = None
-    if anchor_image is not None:
+    if args.backbone == "i2vgen-xl":
+        # The image conditions every call; the pipeline's own crops prepare it, and it is also the anchor.
         with timer("encode_anchor"):
-            fitted = fit_to_video(anchor_image, settings.width, settings.height)
-            anchor = backbone.encode_image(fitted, sample=args.anchor_sample, generator=seeded_generator(seed))
-    extra = {"image": fit_to_video(anchor_image, settings.width, settings.height)} if args.backbone == "i2vgen-xl" else {}
-    denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps, **extra)
+            denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps,
+                                         anchor_image, width=settings.width, height=settings.height,
+                                         frames=settings.frames, fps=round(args.fps), generator=seeded_generator(seed))
+        anchor = denoiser.image_latent
+    else:
+        if anchor_image is not None:
+            with timer("encode_anchor"):
+                fitted = fit_to_video(anchor_image, settings.width, settings.height)
+                anchor = backbone.encode_image(fitted, sample=args.anchor_sample, generator=seeded_generator(seed))
+        denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps)
 
     # 4. The stages.
     evs_record: Dict = {}

@@ -82,7 +82,7 @@ def test_deterministic_with_a_seed_and_fresh_noise_matters():
 @pytest.mark.parametrize(
     "kwargs,name",
     [({"strength": 0}, "evs_strength"), ({"video_strength": 1.5}, "evs_video_strength"),
-     ({"video_steps": -1}, "evs_video_steps"), ({"t2v_step": -3}, "evs_t2v_step")],
+     ({"video_steps": -2}, "evs_video_steps"), ({"t2v_step": -3}, "evs_t2v_step")],
 )
 def test_bad_settings(kwargs, name):
     with pytest.raises(SettingsError, match=name):
@@ -95,3 +95,8 @@ def test_plan_checks_against_the_step_count():
     with pytest.raises(SettingsError, match=r"evs_t2v_step = 11 .*\[1, 10\]"):
         EVSSettings(t2v_step=11).plan(25)
     assert EVSSettings().plan(25) == {"image_steps": 10, "block_at": 5, "video_start_index": 18, "video_steps": 4}
+
+
+def test_auto_video_steps_fit_the_schedule():
+    assert EVSSettings().plan(10)["video_steps"] == 3
+    assert EVSSettings().plan(50)["video_steps"] == 4

@@ -1,0 +1,231 @@
+"""The host's model behind the core's ``Denoiser`` protocol: A1111's samplers and CFG denoiser with AnimateDiff.
+
+* Image mode (anchors): the motion module is ejected (``animatediff.motion_module_ejected``), a fresh sampler of
+  the user's choice (``sd_samplers.create_sampler``) runs ``Sampler.sample`` per chunk of candidates, with a
+  per-chunk ``rng.ImageRNG`` bound as ``p.rng`` so ancestral noise comes from the candidates' own seeds.
+* Video mode, NI-VSDS: one fresh sampler's CFG denoiser (``sampler.model_wrap_cfg``) is called directly on the
+  F-frame video, exactly like a sampler step, so AnimateDiff's CFG hook (context windows, prompt travel),
+  LoRA, cond padding and the interrupt check all apply. k-diffusion samplers take ``x / sqrt(abar)`` at sigma and
+  return x0; timestep samplers (DDIM, PLMS, UniPC) take ``x_t`` at ``t`` and return eps.
+* Video mode, regeneration: ``p.sampler.sample_img2img`` with ``p.denoising_strength`` borrowed so the user's
+  sampler and scheduler run the last ``n_re`` steps from the given noise.
+
+``timesteps`` are the method's S-step grid (the preset's DDIM "leading" spacing, identical to A1111's DDIM
+``get_timesteps``); NI-VSDS visits its first K entries. ``alphas_cumprod`` is the model's live schedule
+(AnimateDiff's linear betas, also while ejected). Latents are (N, 4, h, w) in the host; the core's videos are
+(1, 4, F, h, w)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from ..denoiser import StepCallback, notify
+from ..schedule import sampling_timesteps
+from ..settings import I4VGenSettings
+from . import shim
+from .animatediff import AnimateDiffJob, motion_module_ejected
+
+
+def to_host_video(x: torch.Tensor) -> torch.Tensor:
+    """(1, 4, F, h, w) -> (F, 4, h, w)."""
+    return x[0].permute(1, 0, 2, 3).contiguous()
+
+
+def from_host_video(x: torch.Tensor) -> torch.Tensor:
+    """(F, 4, h, w) -> (1, 4, F, h, w)."""
+    return x.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+
+
+def repeat_conds(c: Any, uc: Any, n: int) -> tuple:
+    """The head prompt's conditioning for ``n`` images, reusing the schedules the host already computed for this
+    batch (with the LoRA text-encoder part): ``MulticondLearnedConditioning(shape, batch)`` and the per-prompt list
+    of ``ScheduledPromptConditioning`` schedules (``modules/prompt_parser.py``)."""
+    cond = type(c)(shape=(n,), batch=[c.batch[0]] * n)
+    return cond, [uc[0]] * n
+
+
+def is_timestep_sampler(sampler: Any) -> bool:
+    """DDIM/PLMS/UniPC (``CompVisSampler``) take timesteps and return eps; k-diffusion ones take sigmas, return x0."""
+    return hasattr(sampler, "get_timesteps") and not hasattr(sampler, "get_sigmas")
+
+
+@contextlib.contextmanager
+def borrowed(obj: Any, **values: Any) -> Iterator[None]:
+    """Set attributes for the body and put the previous values (or their absence) back afterwards."""
+    missing = object()
+    saved = {name: obj.__dict__.get(name, missing) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(obj, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, value)
+
+
+class HostDenoiser:
+    """``i4vgen_ext.denoiser.Denoiser`` over the running WebUI for one batch of one job."""
+
+    def __init__(
+        self,
+        p: Any,
+        ad: AnimateDiffJob,
+        settings: I4VGenSettings,
+        *,
+        anchor_rngs: Sequence[Any],
+        chunk_size: int,
+        on_anchor_chunk: Optional[Callable[[int, int, bool], None]] = None,
+        on_stage: Optional[Callable[[str], None]] = None,
+    ):
+        self.p, self.ad, self.settings = p, ad, settings
+        self.anchor_rngs, self.chunk_size = list(anchor_rngs), chunk_size
+        self.on_anchor_chunk, self.on_stage = on_anchor_chunk, on_stage
+        self.unet_calls = 0
+        self.last_video: Optional[torch.Tensor] = None  # latest video-mode latent, returned on interrupt
+        self._timesteps = sampling_timesteps(p.steps, settings.schedule)
+        self._nivsds_sampler: Any = None
+
+    # Protocol properties ---------------------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.p.sd_model.alphas_cumprod.float()
+
+    @property
+    def timesteps(self) -> List[int]:
+        return self._timesteps
+
+    # Helpers -----------------------------------------------------------------------------------------------
+    def _new_sampler(self) -> Any:
+        sampler = shim.sd_samplers().create_sampler(self.p.sampler_name, self.p.sd_model)
+        self._count_calls(sampler)
+        return sampler
+
+    def _count_calls(self, sampler: Any) -> None:
+        def count(*_: Any) -> None:
+            self.unet_calls += 1
+
+        sampler.model_wrap_cfg.register_forward_hook(count)
+
+    def _check_interrupt(self) -> None:
+        state = shim.state()
+        if state.interrupted or state.skipped:
+            raise shim.interrupted_exception()
+
+    @contextlib.contextmanager
+    def _step_events(self, sampler: Any, stage: str, total: int, callback: Optional[StepCallback]) -> Iterator[None]:
+        """Forward the host sampler's per-step callback to the core's callback (instance attribute, removed after)."""
+        host_callback = sampler.callback_state
+
+        def on_step(d: Dict[str, Any]) -> None:
+            host_callback(d)
+            notify(callback, stage, int(d["i"]) + 1, total, -1)
+
+        with borrowed(sampler, callback_state=on_step):
+            yield
+
+    # Denoiser protocol ---------------------------------------------------------------------------------------
+    def predict_noise(self, x: torch.Tensor, t: int, *, video: bool) -> torch.Tensor:
+        if not video:
+            raise ValueError("the WebUI backbone predicts noise in video mode only (NI-VSDS)")
+        p = self.p
+        if self._nivsds_sampler is None:
+            if self.on_stage is not None:
+                self.on_stage("ni-vsds")
+            self._nivsds_sampler = self._prepare_direct_calls(self._new_sampler(), self.settings.nivsds_iterations)
+        sampler = self._nivsds_sampler
+        frames = to_host_video(x).float()
+        abar = self.alphas_cumprod[int(t)].to(frames.device)
+        image_cond = p.txt2img_image_conditioning(frames)
+        extra = sampler.sampler_extra_args
+        if is_timestep_sampler(sampler):
+            t_in = torch.full((frames.shape[0],), float(t), device=frames.device)
+            eps = sampler.model_wrap_cfg(frames, t_in, uncond=extra["uncond"], cond=extra["cond"],
+                                         cond_scale=p.cfg_scale, s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
+        else:
+            sigma = ((1 - abar) / abar).sqrt()
+            x_k = frames / abar.sqrt()
+            sigma_in = sigma.repeat(frames.shape[0])
+            x0 = sampler.model_wrap_cfg(x_k, sigma_in, uncond=extra["uncond"], cond=extra["cond"],
+                                        cond_scale=p.cfg_scale, s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
+            eps = (x_k - x0.float()) / sigma
+        self._check_interrupt()
+        return from_host_video(eps.float())
+
+    def _prepare_direct_calls(self, sampler: Any, steps: int) -> Any:
+        """What ``Sampler.sample`` sets up before its loop, for calling ``model_wrap_cfg`` by hand
+        (``sd_samplers_common.Sampler.initialize`` / ``launch_sampling``)."""
+        p = self.p
+        sampler.initialize(p)
+        sampler.model_wrap_cfg.steps = steps
+        sampler.model_wrap_cfg.total_steps = sampler.config.total_steps(steps) if sampler.config else steps
+        sampler.sampler_extra_args = {
+            "cond": p.c, "image_cond": None, "uncond": p.uc, "cond_scale": p.cfg_scale, "s_min_uncond": sampler.s_min_uncond,
+        }
+        state = shim.state()
+        state.sampling_steps, state.sampling_step = steps, 0
+        return sampler
+
+    def denoise(self, x: Optional[torch.Tensor], noise: torch.Tensor, *, steps: int, video: bool, stage: str,
+                callback: Optional[StepCallback] = None) -> torch.Tensor:
+        if not video and x is None:
+            return self._anchors(noise, steps, stage, callback)
+        if video and x is not None:
+            return self._regenerate(x, noise, steps, stage, callback)
+        raise ValueError("the WebUI backbone runs full denoises in image mode and partial ones in video mode")
+
+    def _anchors(self, noise: torch.Tensor, steps: int, stage: str, callback: Optional[StepCallback]) -> torch.Tensor:
+        p = self.p
+        if steps != p.steps:
+            raise ValueError(f"anchors run the job's {p.steps} steps, not {steps}")
+        chunks = list(torch.split(noise, self.chunk_size))
+        if len(chunks) != len(self.anchor_rngs):
+            raise ValueError(f"{len(chunks)} candidate chunks but {len(self.anchor_rngs)} seed generators")
+        out = []
+        with motion_module_ejected(p.sd_model, self.ad):
+            for index, (chunk, chunk_rng) in enumerate(zip(chunks, self.anchor_rngs)):
+                if self.on_anchor_chunk is not None:
+                    self.on_anchor_chunk(index, len(chunks), False)
+                out.append(self._anchor_chunk(chunk, chunk_rng, stage, callback))
+                if self.on_anchor_chunk is not None:
+                    self.on_anchor_chunk(index, len(chunks), True)
+        return torch.cat(out)
+
+    def _anchor_chunk(self, noise: torch.Tensor, chunk_rng: Any, stage: str, callback: Optional[StepCallback]) -> torch.Tensor:
+        """One ``Sampler.sample`` over ``n`` candidates. ``p.rng``, ``p.seeds``, ``p.all_seeds``, ``p.batch_size``
+        and ``p.iteration`` are lent to the chunk: ancestral samplers draw from ``p.rng`` (``TorchHijack``) and
+        brownian ones seed from ``p.all_seeds[iteration*batch_size:...]`` (``Sampler.create_noise_sampler``)."""
+        p = self.p
+        n = noise.shape[0]
+        sampler = self._new_sampler()
+        c, uc = repeat_conds(p.c, p.uc, n)
+        seeds = list(chunk_rng.seeds)
+        with borrowed(p, rng=chunk_rng, seeds=seeds, all_seeds=seeds, batch_size=n, iteration=0), \
+                self._step_events(sampler, stage, p.steps, callback):
+            latents = sampler.sample(p, noise, c, uc, image_conditioning=p.txt2img_image_conditioning(noise))
+        self._check_interrupt()
+        return latents.float()
+
+    def _regenerate(self, x: torch.Tensor, noise: torch.Tensor, steps: int, stage: str,
+                    callback: Optional[StepCallback]) -> torch.Tensor:
+        """Img2img with the job's sampler (``p.sampler``, made while the motion module is injected) from the
+        NI-VSDS video. ``setup_img2img_steps`` gives ``t_enc = int(strength * S)`` and k-diffusion samplers run
+        ``t_enc + 1`` steps, so strength ``(n - 0.5) / S`` runs exactly ``n`` steps (DDIM-family samplers in A1111
+        make one evaluation fewer per run, a host property)."""
+        p = self.p
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        frames, frame_noise = to_host_video(x).float(), to_host_video(noise).float()
+        self.last_video = frames
+        sampler = p.sampler
+        strength = (steps - 0.5) / p.steps
+        with borrowed(p, denoising_strength=strength), self._step_events(sampler, stage, steps, callback):
+            latents = sampler.sample_img2img(p, frames, frame_noise, p.c, p.uc, steps=None,
+                                             image_conditioning=p.txt2img_image_conditioning(frames))
+        self.last_video = latents
+        self._check_interrupt()
+        return from_host_video(latents.float())

@@ -1,0 +1,67 @@
+"""The one ``I4VGen`` infotext key: written into ``p.extra_generation_params``, read back on paste.
+
+The value is compact JSON of the resolved method settings plus what the run decided (anchor index, ranker, UNet
+calls). A1111's ``infotext_utils.quote`` JSON-quotes it because it holds ``,`` and ``:``, and
+``parse_generation_parameters`` unquotes it, so the round trip is exact."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from ..settings import METHOD_FIELDS, I4VGenSettings
+
+INFOTEXT_KEY = "I4VGen"
+
+
+def infotext_value(
+    settings: I4VGenSettings, *, anchor_index: int, ranker: str, unet_calls: Optional[Mapping[str, int]] = None,
+    return_candidates: bool = False,
+) -> str:
+    record: Dict[str, Any] = settings.method_dict()
+    record["chosen_anchor"] = int(anchor_index)
+    record["ranked_by"] = ranker
+    record["return_candidates"] = bool(return_candidates)
+    if unet_calls:
+        record["unet_calls"] = {k: int(v) for k, v in unet_calls.items()}
+    return json.dumps(record, separators=(",", ":"), sort_keys=False)
+
+
+def parse_infotext_value(value: Any) -> Optional[Dict[str, Any]]:
+    """The dict behind an ``I4VGen`` value (already unquoted by the host's parser), or None if unreadable."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        record = json.loads(value)
+    except ValueError:
+        try:  # a value still carrying its quotes
+            record = json.loads(json.loads(value))
+        except (ValueError, TypeError):
+            return None
+    return record if isinstance(record, dict) else None
+
+
+def paste_getter(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A callable infotext field for ``Script.infotext_fields``: both the UI paste (``infotext_utils.connect_paste``)
+    and the API's ``Api.apply_infotext`` call it with the parsed parameters dict.
+
+    ``enable`` reads as True when the key is present and False when it is not, so pasting a plain image's
+    parameters switches I4VGen off. The manual anchor index is pasted as the index the run used, so pasting
+    reproduces the same video without re-ranking."""
+
+    def get(params: Mapping[str, Any]) -> Any:
+        record = parse_infotext_value(params.get(INFOTEXT_KEY))
+        if name == "enable":
+            return record is not None
+        if record is None:
+            return None
+        if name == "anchor_index":
+            return record.get("chosen_anchor", record.get("anchor_index"))
+        return record.get(name)
+
+    get.__name__ = f"i4vgen_paste_{name}"
+    return get
+
+
+PASTE_NAMES = ("enable",) + METHOD_FIELDS + ("return_candidates",)

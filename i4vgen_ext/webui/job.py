@@ -1,0 +1,367 @@
+"""One I4VGen job inside A1111: checks before sampling, the ``p.sample`` replacement, and putting ``p`` back.
+
+Hook plan (A1111 1.10.1 ``modules/processing.py`` ``process_images_inner``; AD's ``before_process`` has run):
+
+* ``Script.process``: read the args, find AnimateDiff, refuse what is unsupported, plan the progress bar. A1111
+  swallows exceptions raised in script hooks (``ScriptRunner.process`` -> ``errors.report``), so a refusal is
+  delivered by a ``p.sample`` that raises it: the job stops before any UNet call, with the message in the UI and
+  in the API's error body.
+* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``. Whatever happens inside,
+  ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and the motion module is injected.
+* ``Script.postprocess`` (ordered after AnimateDiff's, see metadata.ini): infotext as plain text, candidates."""
+from __future__ import annotations
+
+import logging
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..noise import Noises
+from ..pipeline import I4VGenResult, run_i4vgen
+from ..settings import I4VGenSettings, SettingsError
+from . import shim
+from .animatediff import AnimateDiffJob, find_animatediff
+from .args import ScriptArgs, build_settings, is_enabled, parse_script_args
+from .backbone import HostDenoiser, from_host_video, to_host_video
+from .infotext import INFOTEXT_KEY, infotext_value
+from .progress import StageProgress, plan_job_count
+from .ranking import RankerCache
+
+log = logging.getLogger("i4vgen")
+
+# Fields of ``p`` that I4VGen lends out during a batch; all are put back, and tests compare them.
+BORROWED_FIELDS = ("rng", "seeds", "all_seeds", "batch_size", "iteration", "denoising_strength")
+
+
+class I4VGenError(RuntimeError):
+    """A refusal or a failure the user can act on; the message says what and how."""
+
+
+@dataclass
+class BatchOutcome:
+    iteration: int
+    infotext: str
+    anchor_index: int
+    ranker: str
+    scores: Optional[List[float]]
+    candidate_images: Optional[list]
+    unet_calls: Dict[str, int]
+    seconds: Dict[str, float]
+    interrupted: bool = False
+
+
+@dataclass
+class JobPlan:
+    request: ScriptArgs
+    ad: AnimateDiffJob
+    settings: I4VGenSettings  # as resolved for the first batch (validated before sampling)
+    chunk_size: int
+    chunks: int
+    default_preset: str
+    models_dir: Optional[str]
+    keep_ranker: bool
+    outcomes: List[BatchOutcome] = field(default_factory=list)
+    progress_log: List[tuple] = field(default_factory=list)
+
+
+def option(name: str, default: Any) -> Any:
+    try:
+        return shim.opts().data.get(name, default)
+    except shim.HostUnavailable:
+        return default
+
+
+# Checks -----------------------------------------------------------------------------------------------------------
+def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
+    """Why this job cannot run I4VGen (None when it can). Does not touch anything."""
+    processing = shim.processing()
+    if isinstance(p, processing.StableDiffusionProcessingImg2Img):
+        return "I4VGen runs in txt2img only; img2img is not supported yet. Untick I4VGen on the img2img tab."
+    if shim.is_forge():
+        return ("SD WebUI Forge is not supported: its AnimateDiff patches the UNet per sampling call and has no "
+                "inject/restore to switch the motion module off for the anchor images. Use AUTOMATIC1111 1.9/1.10.")
+    if ad is None:
+        return None  # handled by the caller: the job runs untouched
+    if not ad.injected:
+        return "AnimateDiff is enabled but its motion module is not injected; see the console for AnimateDiff's error."
+    model = p.sd_model
+    if any(getattr(model, flag, False) for flag in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd")) or \
+            getattr(model, "parameterization", "eps") != "eps":
+        return "I4VGen needs an SD1.5-family checkpoint (SDXL, SD2 and v-prediction models are not supported)."
+    mm = getattr(ad.motion, "mm", None)
+    if mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot")):
+        return f"I4VGen needs an SD1.5 motion module; {ad.model_name} is {getattr(mm, 'mm_type', 'an SDXL module')}."
+    if getattr(p, "enable_hr", False):
+        return "Hires. fix is not supported with I4VGen: turn it off (upscale the finished video instead)."
+    if getattr(ad.params, "freeinit_enable", False):
+        return "AnimateDiff's FreeInit replaces the same sampling step as I4VGen: turn one of them off."
+    try:
+        if shim.module("sd_unet").current_unet is not None:
+            return "An alternative UNet (e.g. TensorRT) is active; it bypasses the motion module. Select 'None' for SD Unet."
+    except shim.HostUnavailable:
+        pass
+    if "sample" in vars(p):
+        return "Another extension has replaced this job's sampling step (p.sample); I4VGen cannot run alongside it."
+    return None
+
+
+def chunk_size_for(ad: AnimateDiffJob, candidates: int) -> int:
+    """Anchor images per sampling run: AnimateDiff's context size, so an image batch never holds more latents
+    than one video UNet call already does (cond + uncond)."""
+    return max(1, min(candidates, ad.context_size))
+
+
+def resolve_settings(p: Any, request: ScriptArgs, default_preset: str, iteration_seed: int) -> I4VGenSettings:
+    prompts = p.prompts if getattr(p, "prompts", None) else p.all_prompts
+    negatives = p.negative_prompts if getattr(p, "negative_prompts", None) else p.all_negative_prompts
+    return build_settings(
+        request, prompt=str(prompts[0]), negative_prompt=str(negatives[0]), seed=iteration_seed,
+        frames=int(p.batch_size), steps=int(p.steps), guidance=float(p.cfg_scale), default_preset=default_preset,
+    )
+
+
+# Script.process ------------------------------------------------------------------------------------------------
+def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
+    """Plan the job, or arrange its refusal. Returns None when I4VGen stays out of this job."""
+    if not args:
+        return None
+    enabled = is_enabled(args)
+    try:
+        request = parse_script_args(args)
+    except SettingsError as error:
+        if not enabled and not isinstance(args[0], dict):
+            return None
+        install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
+        return None
+    if not request.enable:
+        return None
+    ad = find_animatediff(p)
+    reason = refusal(p, ad)
+    if reason is not None:
+        install_refusal(p, reason)
+        return None
+    if ad is None:
+        message = ("I4VGen is enabled but AnimateDiff is not installed or not enabled for this job; the job ran "
+                   "unchanged. Tick AnimateDiff as well to make a video with I4VGen.")
+        log.warning(message)
+        p.comment(message)
+        return None
+    default_preset = option("i4vgen_default_preset", "official")
+    try:
+        settings = resolve_settings(p, request, default_preset, p.all_seeds[0])
+    except SettingsError as error:
+        install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
+        return None
+    size = chunk_size_for(ad, settings.candidates)
+    plan = JobPlan(
+        request=request, ad=ad, settings=settings, chunk_size=size, chunks=-(-settings.candidates // size),
+        default_preset=default_preset,
+        models_dir=option("i4vgen_reward_model_dir", "") or getattr(shim.shared(), "models_path", None),
+        keep_ranker=bool(option("i4vgen_keep_ranker_loaded", False)),
+    )
+    if not option("pad_cond_uncond", False) and not option("pad_cond_uncond_v0", False):
+        log.warning("I4VGen: AnimateDiff needs 'Pad prompt/negative prompt' (Settings > Optimizations) when the "
+                    "prompt and negative prompt have different token lengths.")
+    plan_job_count(shim.state(), int(p.n_iter), plan.chunks)
+    p.extra_generation_params[INFOTEXT_KEY] = infotext_for(plan)
+    return plan
+
+
+def infotext_for(plan: JobPlan) -> Callable[..., Optional[str]]:
+    """Per-image infotext value: the outcome of the batch the image belongs to (``create_infotext`` calls it with
+    its locals; ``p.iteration`` is the batch being written)."""
+
+    def value(p: Any = None, **_: Any) -> Optional[str]:
+        iteration = getattr(p, "iteration", 0)
+        for outcome in plan.outcomes:
+            if outcome.iteration == iteration:
+                return outcome.infotext
+        return None
+
+    return value
+
+
+def install_refusal(p: Any, message: str) -> None:
+    """Make the job stop at its first sampling call with ``message`` (nothing else is touched)."""
+    log.error(message)
+    original = vars(p).get("sample")
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if original is None:
+            vars(self).pop("sample", None)
+        else:
+            self.sample = original
+        raise I4VGenError(message)
+
+    p.sample = types.MethodType(refuse, p)
+
+
+# Script.process_batch ------------------------------------------------------------------------------------------
+def install_sampler(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> None:
+    """Lend ``p.sample`` to I4VGen for this batch; it hands itself back when the batch's sampling ends."""
+    if "sample" in vars(p):  # a refusal is already installed
+        return
+
+    def sample(self: Any, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any,
+               subseed_strength: Any, prompts: Any) -> torch.Tensor:
+        try:
+            return sample_batch(self, plan, ranker_cache)
+        finally:
+            vars(self).pop("sample", None)
+
+    p.sample = types.MethodType(sample, p)
+
+
+def uninstall_sampler(p: Any) -> None:
+    vars(p).pop("sample", None)
+
+
+# The batch -------------------------------------------------------------------------------------------------------
+def latent_shape(p: Any) -> tuple:
+    processing = shim.processing()
+    channels = getattr(p.sd_model, "latent_channels", processing.opt_C)
+    return channels, p.height // processing.opt_f, p.width // processing.opt_f
+
+
+def candidate_rngs(p: Any, candidates: int, chunk_size: int) -> List[Any]:
+    """Candidate k starts from the host's noise for seed ``seeds[0] + k``, i.e. frame k's noise when k < F
+    (``modules/rng.py`` ``ImageRNG``: same randn source, subseed and seed-resize handling as the job)."""
+    ImageRNG = shim.rng().ImageRNG
+    seeds = [int(p.seeds[0]) + k for k in range(candidates)]
+    subseeds = [int(p.subseeds[0]) + k for k in range(candidates)]
+    return [
+        ImageRNG(latent_shape(p), seeds[i:i + chunk_size], subseeds=subseeds[i:i + chunk_size],
+                 subseed_strength=p.subseed_strength, seed_resize_from_h=p.seed_resize_from_h,
+                 seed_resize_from_w=p.seed_resize_from_w)
+        for i in range(0, candidates, chunk_size)
+    ]
+
+
+def decoder(p: Any, progress: StageProgress) -> Callable[[torch.Tensor], list]:
+    from PIL import Image
+
+    def decode(latents: torch.Tensor) -> list:
+        progress.stage("ranking")
+        state = shim.state()
+        state.sampling_steps, state.sampling_step = 1, 0
+        processing, devices = shim.processing(), shim.devices()
+        decoded = processing.decode_latent_batch(p.sd_model, latents, target_device=devices.cpu, check_for_nans=True)
+        images = []
+        for sample in decoded:
+            array = ((sample.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            images.append(Image.fromarray(array))
+        return images
+
+    return decode
+
+
+def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tensor:
+    """I4VGen for one batch (one video of ``p.batch_size`` frames) in place of ``p.sample``."""
+    state = shim.state()
+    progress = StageProgress(state, tqdm=getattr(shim.shared(), "total_tqdm", None), anchor_chunks=plan.chunks)
+    progress.begin()
+    saved = {name: vars(p)[name] for name in BORROWED_FIELDS if name in vars(p)}
+    frames = int(p.batch_size)
+    denoiser: Optional[HostDenoiser] = None
+    try:
+        settings = resolve_settings(p, plan.request, plan.default_preset, p.seeds[0])
+        try:
+            ranker, label = ranker_cache.get(settings, device=shim.devices().device, models_dir=plan.models_dir)
+        except Exception as error:  # RankerLoadError (and friends): fallback 'error' stops the job here
+            raise I4VGenError(f"I4VGen: {error}\n(set 'ranker fallback' to 'none' to continue with candidate 0, "
+                              "or choose a manual anchor index)") from error
+
+        rngs = candidate_rngs(p, settings.candidates, plan.chunk_size)
+        candidate_noise = torch.cat([r.next() for r in rngs]).float()
+        video_noise = p.rng.next()  # the host's own first draw for these frames: NI-VSDS's fixed noise
+        if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
+            p.scripts.process_before_every_sampling(p=p, x=video_noise, noise=video_noise, c=p.c, uc=p.uc)
+        regeneration_noise = p.rng.next()  # the next draw from the same per-frame generators: fresh noise
+        noises = Noises(candidate_noise, from_host_video(video_noise.float()), from_host_video(regeneration_noise.float()))
+
+        def on_anchor_chunk(index: int, count: int, finished: bool) -> None:
+            if finished:
+                progress.anchor_chunk_finished()
+            else:
+                progress.anchor_chunk_started(index, count)
+
+        denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=rngs, chunk_size=plan.chunk_size,
+                                on_anchor_chunk=on_anchor_chunk, on_stage=progress.stage)
+        p.sampler = denoiser._new_sampler()  # the job's sampler, made while the motion module is injected
+        result = run_i4vgen(
+            denoiser, settings, noises, ranker=ranker, ranker_label=label, decode_images=decoder(p, progress),
+            keep_candidate_images=plan.request.return_candidates, callback=progress,
+        )
+        record(p, plan, settings, result)
+        return to_host_video(result.video)
+    except shim.interrupted_exception():
+        log.info("I4VGen: interrupted or skipped")
+        plan.outcomes.append(BatchOutcome(int(p.iteration), "", -1, "", None, None, {}, {}, interrupted=True))
+        partial = denoiser.last_video if denoiser is not None else None
+        if partial is None or partial.shape[0] != frames:
+            partial = torch.zeros((frames, *latent_shape(p)), device=shim.devices().device)
+        return partial
+    finally:
+        for name in BORROWED_FIELDS:
+            if name in saved:
+                setattr(p, name, saved[name])
+            else:
+                vars(p).pop(name, None)
+        if not plan.ad.injected:  # never hand control back with the module ejected
+            plan.ad.motion.inject(p.sd_model, plan.ad.model_name)
+        if not plan.keep_ranker:
+            ranker_cache.release()
+        progress.end()
+        plan.progress_log.extend(progress.log)
+
+
+def record(p: Any, plan: JobPlan, settings: I4VGenSettings, result: I4VGenResult) -> None:
+    value = infotext_value(settings, anchor_index=result.anchor_index, ranker=result.ranker,
+                           unet_calls=result.unet_calls, return_candidates=plan.request.return_candidates)
+    plan.outcomes.append(BatchOutcome(
+        iteration=int(p.iteration), infotext=value, anchor_index=result.anchor_index, ranker=result.ranker,
+        scores=result.scores, candidate_images=result.candidate_images, unet_calls=dict(result.unet_calls),
+        seconds=dict(result.seconds),
+    ))
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    log.info(f"I4VGen: anchor {result.anchor_index} ({result.ranker}); UNet calls {result.unet_calls}; {seconds}")
+
+
+# Script.postprocess ------------------------------------------------------------------------------------------------
+def caption(index: int, outcome: BatchOutcome) -> str:
+    score = f", score {outcome.scores[index]:.3f}" if outcome.scores else ""
+    mark = " ★ anchor" if index == outcome.anchor_index else ""
+    prefix = f"video {outcome.iteration + 1}, " if outcome.iteration else ""
+    return f"{prefix}candidate {index}{score}{mark}"
+
+
+def finish(p: Any, processed: Any, plan: JobPlan) -> List[tuple]:
+    """Plain-text infotext for the API's ``info`` (a callable would serialise as null), a comment per video, and
+    the candidate images appended after AnimateDiff's outputs. Returns (image, caption) pairs for the gallery."""
+    uninstall_sampler(p)
+    done = [o for o in plan.outcomes if not o.interrupted]
+    if done:
+        p.extra_generation_params[INFOTEXT_KEY] = done[0].infotext
+    else:
+        p.extra_generation_params.pop(INFOTEXT_KEY, None)
+    for outcome in done:
+        timing = ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items())
+        p.comment(f"I4VGen video {outcome.iteration + 1}: anchor {outcome.anchor_index} ({outcome.ranker}), "
+                  f"UNet calls {outcome.unet_calls}, {timing}")
+    if processed is not None:
+        processed.comments = "".join(f"{c}\n" for c in p.comments)
+    gallery: List[tuple] = []
+    for outcome in done:
+        for index, image in enumerate(outcome.candidate_images or []):
+            gallery.append((image, caption(index, outcome)))
+    if plan.request.return_candidates and gallery and processed is not None:
+        if plan.ad.injected:
+            log.warning("I4VGen: candidates not added to the results: I4VGen's postprocess ran before "
+                        "AnimateDiff's (check the extension order, metadata.ini)")
+        else:
+            for image, text in gallery:
+                processed.images.append(image)
+                processed.infotexts.append(f"I4VGen {text}")
+    return gallery

@@ -1,0 +1,120 @@
+"""Infotext written into the frames (and AnimateDiff's GIF), pasted back through the host's paste mechanism, and
+the /sdapi/v1/txt2img path with dict and positional args."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from i4vgen_ext.webui import job as i4vgen_job
+from i4vgen_ext.webui import ranking
+from i4vgen_ext.webui.args import UI_ORDER
+
+from .conftest import RankerStub, ad_args, make_p, run
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    ranker = RankerStub()
+    monkeypatch.setattr(ranking, "default_loader", lambda name, **kw: (ranker, name))
+    return ranker
+
+
+def gif_frames(path):
+    from PIL import ImageSequence
+
+    return [list(frame.convert("RGB").getdata()) for frame in ImageSequence.Iterator(Image.open(path))]
+
+
+def pasted_values(host, text):
+    from modules import infotext_utils
+
+    script = host.script("txt2img", "I4VGen")
+    fields = script.infotext_fields
+    values = infotext_utils.paste_func(fields, text)
+    names = [name for name in UI_ORDER if name != "ranker_path"]
+    return dict(zip(names, values))
+
+
+def test_infotext_written_and_pasted_back(host, stub):
+    from modules import infotext_utils
+
+    settings = [True, "paper", 3, 0.5, "4,2", 0.75, "imagereward", "", "none", -1, False]
+    p = make_p(host, i4vgen=settings, ad=ad_args(batch_size=8))
+    res = run(p)
+    gif_comment = Image.open(res.images[0]).info["comment"].decode()
+    for text in (gif_comment, p.extra_generation_params and res.infotexts[0]):
+        params = infotext_utils.parse_generation_parameters(text)
+        record = json.loads(params["I4VGen"])
+        assert record["preset"] == "paper" and record["alpha_schedule"] == "4,2"
+        values = pasted_values(host, text)
+        chosen = record["chosen_anchor"]
+        assert values == {"enable": True, "preset": "paper", "candidates": 3.0, "nivsds_fraction": 0.5,
+                          "alpha_schedule": "4,2", "regen_strength": 0.75, "ranker": "imagereward",
+                          "ranker_fallback": "none", "anchor_index": float(chosen), "return_candidates": False}
+    # the pasted manual index reproduces the same video without ranking
+    again = run(make_p(host, i4vgen=[True, "paper", 3, 0.5, "4,2", 0.75, "imagereward", "", "none", chosen, False],
+                       ad=ad_args(batch_size=8)))
+    assert gif_frames(again.images[0]) == gif_frames(res.images[0])
+    assert json.loads(again.extra_generation_params["I4VGen"])["ranked_by"] == "manual"
+
+
+def test_pasting_a_plain_infotext_switches_i4vgen_off(host):
+    values = pasted_values(host, "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert values["enable"] is False and values["candidates"] is None  # None: the field is left as it is
+
+
+def test_api_dict_args_info_and_candidates(host, stub):
+    from modules.api import api
+
+    body = {"prompt": "a corgi", "negative_prompt": "blurry", "seed": 7, "steps": 4, "cfg_scale": 5.0, "width": 64,
+            "height": 64, "sampler_name": "Euler", "do_not_save_samples": True,
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8, format=["GIF"])]},
+                                 "I4VGen": {"args": [{"enable": True, "candidates": 2, "return_candidates": True}]}}}
+    response = api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    info = json.loads(response["info"])
+    record = json.loads(info["extra_generation_params"]["I4VGen"])
+    assert record["candidates"] == 2 and record["preset"] == "official" and record["unet_calls"]["total"] == 4 + 3 + 4
+    assert "I4VGen: " in info["infotexts"][0] and "UNet calls" in info["comments"]
+    gif = base64.b64decode(response["images"][0])
+    assert gif[:3] == b"GIF"
+    candidates = [Image.open(io.BytesIO(base64.b64decode(b))) for b in response["images"][1:]]
+    assert len(candidates) == 2 and all(c.size == (64, 64) for c in candidates)
+    assert "sample" not in vars(response["p"])
+
+
+def test_api_positional_args(host, stub):
+    from modules.api import api
+
+    body = {"prompt": "a corgi", "seed": 7, "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8)]},
+                                 "I4VGen": {"args": [True, "official", 2]}}}
+    response = api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    record = json.loads(json.loads(response["info"])["extra_generation_params"]["I4VGen"])
+    assert record["candidates"] == 2 and record["return_candidates"] is False
+    assert len(response["images"]) == 1  # just the video: candidates were not asked for
+
+
+def test_api_unknown_key_fails_before_sampling_naming_the_key(host, stub):
+    from modules.api import api
+
+    body = {"prompt": "a corgi", "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8)]},
+                                 "I4VGen": {"args": [{"enable": True, "nivsds": 0.5}]}}}
+    with pytest.raises(i4vgen_job.I4VGenError, match="'nivsds'"):
+        api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    assert host.model.unet_log == []
+
+
+def test_api_request_without_i4vgen_is_a_plain_animatediff_job(host, monkeypatch):
+    from modules.api import api
+
+    called = []
+    monkeypatch.setattr(i4vgen_job, "sample_batch", lambda *a: called.append(a))
+    body = {"prompt": "a corgi", "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8)]}}}
+    response = api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    assert not called and "I4VGen" not in json.loads(response["info"])["extra_generation_params"]

@@ -1,0 +1,307 @@
+"""I4VGen driven through the stand-in host's real hook order with a tiny model: what runs in which stage, what the
+host looks like afterwards (success, error, interrupt, skip), progress, LoRA, refusals."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from i4vgen_ext.webui import job as i4vgen_job
+from i4vgen_ext.webui import ranking
+
+from .conftest import RankerStub, ad_args, make_p, run
+
+STAGE_TEXT = {"anchors": "I4VGen: anchor images", "ranking": "I4VGen: ranking", "ni-vsds": "I4VGen: NI-VSDS",
+              "regeneration": "I4VGen: regeneration"}
+
+
+def i4v(candidates=3, anchor_index=-1, ranker="imagereward", fallback="error", regen=1.0, fraction=0.6,
+        return_candidates=True, enable=True):
+    return [enable, "official", candidates, fraction, "official", regen, ranker, "", fallback, anchor_index, return_candidates]
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    ranker = RankerStub()
+    monkeypatch.setattr(ranking, "default_loader", lambda name, **kw: (ranker, name))
+    return ranker
+
+
+def stage_calls(model, stage):
+    return [entry for entry in model.unet_log if (entry[0] or "").startswith(STAGE_TEXT[stage])]
+
+
+def host_state(p, model):
+    """Everything I4VGen may touch, by identity where identity matters."""
+    from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
+
+    unet = model.model.diffusion_model
+    return {
+        "mm_injected": AnimateDiffMM.mm_injected,
+        "alphas": (id(model.alphas_cumprod), model.alphas_cumprod.clone()),
+        "alphas_original": id(model.alphas_cumprod_original),
+        "ad_prev_alphas": (id(mm_animatediff.prev_alpha_cumprod), id(mm_animatediff.prev_alpha_cumprod_original)),
+        "unet_layers": ([len(b) for b in unet.input_blocks], len(unet.middle_block), [len(b) for b in unet.output_blocks]),
+        "p_fields": {name: (id(vars(p).get(name)), repr(vars(p).get(name))) for name in i4vgen_job.BORROWED_FIELDS},
+        "p_rng": id(p.rng),
+        "p_seeds": list(p.seeds), "p_all_seeds": list(p.all_seeds),
+        "p_prompts": list(p.prompts), "p_c": id(p.c), "p_uc": id(p.uc),
+        "p_sample_replaced_by_host": "sample" in vars(p),
+        "cfg_scale": p.cfg_scale, "steps": p.steps, "sampler_name": p.sampler_name,
+    }
+
+
+@pytest.fixture
+def watch(monkeypatch):
+    """Host state just before I4VGen's sampling and just after it ends, however it ends."""
+    seen = []
+    original = i4vgen_job.sample_batch
+
+    def spy(p, plan, cache):
+        from modules import shared
+
+        before = host_state(p, shared.sd_model)
+        try:
+            return original(p, plan, cache)
+        finally:
+            seen.append((before, host_state(p, shared.sd_model)))
+
+    monkeypatch.setattr(i4vgen_job, "sample_batch", spy)
+    return seen
+
+
+def assert_restored(seen, p):
+    assert seen, "I4VGen's sampling never ran"
+    for before, after in seen:
+        assert before["mm_injected"] is True
+        for key in before:
+            if key == "alphas":
+                assert before[key][0] == after[key][0] and torch.equal(before[key][1], after[key][1])
+            elif key != "p_sample_replaced_by_host":
+                assert before[key] == after[key], key
+    assert "sample" not in vars(p)  # p.sample is the class's again
+
+
+def test_full_job_stages_and_outputs(host, stub, watch):
+    p = make_p(host, i4vgen=i4v(candidates=3), ad=ad_args(batch_size=8))
+    res = run(p)
+    model = host.model
+    anchors, nivsds, regen = (stage_calls(model, s) for s in ("anchors", "ni-vsds", "regeneration"))
+    assert len(anchors) == 4 and all(batch == 6 and mm == 0 for _, batch, mm, _ in anchors)  # 3 cond + 3 uncond
+    assert len(nivsds) == 3 and all(batch == 16 and mm > 0 for _, batch, mm, _ in nivsds)  # K = int(4*0.6)+1
+    assert len(regen) == 4 and all(batch == 16 and mm > 0 for _, batch, mm, _ in regen)
+    assert len(model.unet_log) == 11
+    assert stub.calls == 1
+    assert_restored(watch, p)
+    assert res.images[0].endswith(".gif")  # AnimateDiff's own output, then the candidates
+    assert len(res.images) == 1 + 3 and "candidate" in res.infotexts[-1]
+    record = json.loads(p.extra_generation_params["I4VGen"])
+    assert record["unet_calls"] == {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}
+    assert record["ranked_by"] == "imagereward" and 0 <= record["chosen_anchor"] < 3
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_other_sampler_families(host, stub, watch, sampler):
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), sampler_name=sampler)
+    run(p)
+    assert stage_calls(host.model, "anchors") and stage_calls(host.model, "ni-vsds")
+    assert all(mm == 0 for _, _, mm, _ in stage_calls(host.model, "anchors"))
+    assert_restored(watch, p)
+    assert type(p.sampler).__name__ == ("CompVisSampler" if sampler == "DDIM" else "KDiffusionSampler")
+
+
+def test_n_differs_from_f_chunks_and_context_windows(host, stub, watch):
+    """N = 5 candidates in chunks of the context size 4; F = 6 frames > C = 4, so AnimateDiff's context windows run
+    in NI-VSDS and regeneration (supported, not refused)."""
+    from motion_module import TemporalCounter
+    from scripts.animatediff_infv2v import AnimateDiffInfV2V
+
+    TemporalCounter.frames_seen.clear()
+    AnimateDiffInfV2V.windows_seen.clear()
+    p = make_p(host, i4vgen=i4v(candidates=5), ad=ad_args(batch_size=4, video_length=6, overlap=1))
+    res = run(p)
+    anchors = stage_calls(host.model, "anchors")
+    assert sorted(batch for _, batch, _, _ in anchors) == [2] * 4 + [8] * 4  # chunks of 4 and 1 candidates
+    assert all(len(w) == 4 for w in AnimateDiffInfV2V.windows_seen) and len(AnimateDiffInfV2V.windows_seen) >= 2
+    assert set(TemporalCounter.frames_seen) == {4}
+    assert all(batch == 8 for _, batch, _, _ in stage_calls(host.model, "ni-vsds"))  # one window: 4 cond + 4 uncond
+    assert_restored(watch, p)
+    assert len(res.images) == 1 + 5
+
+
+def test_progress_counts_add_up(host, stub):
+    from modules import shared
+
+    p = make_p(host, i4vgen=i4v(candidates=5), ad=ad_args(batch_size=4, video_length=4), n_iter=2)
+    run(p)
+    chunks = 2  # 5 candidates, context size 4
+    assert shared.state.job_count == 2 * (chunks + 3)
+    assert shared.state.job_no == shared.state.job_count
+    assert shared.state.textinfo is None  # the job text is handed back
+
+
+def test_lora_reaches_the_anchor_stage(host, stub):
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), prompt="a corgi <lora:tinylora:0.7>")
+    run(p)
+    anchors = stage_calls(host.model, "anchors")
+    assert anchors and all(lora == {"tinylora": 0.7} for _, _, _, lora in anchors)
+    with_lora = json.loads(p.extra_generation_params["I4VGen"])
+    assert with_lora["unet_calls"]["anchor"] == 4
+
+
+def test_manual_anchor_index_skips_ranking(host, stub):
+    p = make_p(host, i4vgen=i4v(candidates=3, anchor_index=2), ad=ad_args(batch_size=8))
+    run(p)
+    assert stub.calls == 0
+    record = json.loads(p.extra_generation_params["I4VGen"])
+    assert record["chosen_anchor"] == 2 and record["ranked_by"] == "manual"
+
+
+def test_candidate_noise_is_the_host_noise_of_seed_plus_k(host):
+    from modules import rng
+
+    p = make_p(host, i4vgen=i4v(), ad=ad_args())
+    p.seeds, p.subseeds = [100, 101], [7, 8]
+    rngs = i4vgen_job.candidate_rngs(p, 5, 2)
+    noise = torch.cat([r.next() for r in rngs])
+    expected = rng.ImageRNG((4, 8, 8), [100 + k for k in range(5)]).next()
+    assert torch.equal(noise, expected)
+
+
+def test_same_seed_same_video_and_seed_matters(host, stub):
+    first = run(make_p(host, i4vgen=i4v(candidates=2, return_candidates=False), ad=ad_args(batch_size=8)))
+    second = run(make_p(host, i4vgen=i4v(candidates=2, return_candidates=False), ad=ad_args(batch_size=8)))
+    other = run(make_p(host, i4vgen=i4v(candidates=2, return_candidates=False), ad=ad_args(batch_size=8), seed=99))
+    gif = lambda res: open(res.images[0], "rb").read()  # noqa: E731
+    assert gif(first) == gif(second) != gif(other)
+
+
+# Untouched jobs -------------------------------------------------------------------------------------------------------
+def frames_of(res):
+    return [list(image.getdata()) for image in res.images if not isinstance(image, str)]
+
+
+@pytest.mark.parametrize("case", ["animatediff_off", "animatediff_missing"])
+def test_without_animatediff_the_job_is_untouched(host, stub, monkeypatch, case):
+    called = []
+    monkeypatch.setattr(i4vgen_job, "sample_batch", lambda *a: called.append(a))
+    tab = "no_ad" if case == "animatediff_missing" else "txt2img"
+    ad = None if tab == "no_ad" else ad_args(enable=False)
+    baseline = run(make_p(host, i4vgen=i4v(enable=False), ad=ad, tab=tab, batch_size=2))
+    log_baseline = list(host.model.unet_log)
+    host.model.unet_log.clear()
+    p = make_p(host, i4vgen=i4v(), ad=ad, tab=tab, batch_size=2)
+    res = run(p)
+    assert not called and "sample" not in vars(p) and "I4VGen" not in p.extra_generation_params
+    assert frames_of(res) == frames_of(baseline) and len(host.model.unet_log) == len(log_baseline)
+    assert "AnimateDiff is not installed or not enabled" in res.comments
+
+
+def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
+    called = []
+    monkeypatch.setattr(i4vgen_job, "sample_batch", lambda *a: called.append(a))
+    p = make_p(host, i4vgen=i4v(enable=False), ad=ad_args(batch_size=8))
+    res = run(p)
+    assert not called and "I4VGen" not in p.extra_generation_params and res.images[0].endswith(".gif")
+    assert len(host.model.unet_log) == 4 and all(mm > 0 for _, _, mm, _ in host.model.unet_log)
+
+
+# Refusals: a clear error before any UNet call --------------------------------------------------------------------------
+@pytest.mark.parametrize("case, expected", [
+    ("img2img", "txt2img only"),
+    ("forge", "Forge is not supported"),
+    ("hires", "Hires. fix"),
+    ("freeinit", "FreeInit"),
+    ("sdxl_module", "SD1.5-family checkpoint"),
+    ("bad_arg", "candidates"),
+    ("anchor_out_of_range", "anchor_index"),
+])
+def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
+    kwargs = dict(i4vgen=i4v(), ad=ad_args(batch_size=8))
+    if case == "img2img":
+        kwargs["tab"] = "img2img"
+    if case == "forge":
+        monkeypatch.setattr(i4vgen_job.shim, "is_forge", lambda: True)
+    if case == "hires":
+        kwargs["enable_hr"] = True
+    if case == "freeinit":
+        kwargs["ad"] = ad_args(batch_size=8, freeinit_enable=True)
+    if case == "sdxl_module":
+        monkeypatch.setattr(type(host.model), "is_sdxl", True)
+        kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
+    if case == "bad_arg":
+        kwargs.update(i4vgen=[{"enable": True, "candidates": 0}], api=True, ad=ad_args(batch_size=8))
+    if case == "anchor_out_of_range":
+        kwargs["i4vgen"] = i4v(candidates=3, anchor_index=5)
+    p = make_p(host, **kwargs)
+    with pytest.raises(i4vgen_job.I4VGenError, match=expected):
+        run(p)
+    assert host.model.unet_log == []
+    assert "sample" not in vars(p)
+
+
+def test_missing_ranker_weights_follow_the_fallback(host, monkeypatch):
+    from i4vgen_ext.rankers.base import NoneRanker, RankerLoadError
+
+    def loader(name, *, fallback, **kwargs):
+        if fallback == "error":
+            raise RankerLoadError(name, "weights not found", searched=["/models/ImageReward"])
+        return NoneRanker(), f"none (fallback: weights not found)"
+
+    monkeypatch.setattr(ranking, "default_loader", loader)
+    p = make_p(host, i4vgen=i4v(), ad=ad_args(batch_size=8))
+    with pytest.raises(i4vgen_job.I4VGenError, match="weights not found"):
+        run(p)
+    assert host.model.unet_log == []
+    p = make_p(host, i4vgen=i4v(fallback="none"), ad=ad_args(batch_size=8))
+    run(p)
+    record = json.loads(p.extra_generation_params["I4VGen"])
+    assert record["chosen_anchor"] == 0 and record["ranked_by"].startswith("none (fallback")
+
+
+# Errors, interrupts and skips in every stage: the host is put back ---------------------------------------------------
+def trigger_in(monkeypatch, host, stub, stage, action):
+    from modules import shared
+
+    def fire():
+        if action == "interrupt":
+            shared.state.interrupt()
+        elif action == "skip":
+            shared.state.skip()
+        else:
+            raise RuntimeError(f"boom in {stage}")
+
+    if stage == "ranking":
+        stub.hook = fire
+        return
+    model = host.model
+    original = model.apply_model
+
+    def apply_model(x, t, cond):
+        if (shared.state.textinfo or "").startswith(STAGE_TEXT[stage]):
+            fire()
+        return original(x, t, cond)
+
+    monkeypatch.setattr(model, "apply_model", apply_model)
+
+
+@pytest.mark.parametrize("stage", ["anchors", "ranking", "ni-vsds", "regeneration"])
+@pytest.mark.parametrize("action", ["interrupt", "skip", "error"])
+def test_host_restored_after_interrupt_skip_and_error(host, stub, watch, monkeypatch, stage, action):
+    from scripts.animatediff_mm import AnimateDiffMM
+
+    trigger_in(monkeypatch, host, stub, stage, action)
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
+    if action == "error":
+        with pytest.raises(RuntimeError, match="boom"):
+            run(p)
+    else:
+        res = run(p)
+        assert "I4VGen" not in p.extra_generation_params  # no infotext for an unfinished video
+        assert res.images and AnimateDiffMM.mm_injected is False  # AnimateDiff's postprocess still ran
+    assert_restored(watch, p)
+    later = {"anchors": ("ni-vsds", "regeneration"), "ranking": ("ni-vsds", "regeneration"),
+             "ni-vsds": ("regeneration",), "regeneration": ()}[stage]
+    for next_stage in later:
+        assert not stage_calls(host.model, next_stage), f"{next_stage} ran after the {action} in {stage}"
