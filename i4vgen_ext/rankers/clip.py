@@ -1,0 +1,183 @@
+"""The ``clip`` (CLIP ViT-L/14 cosine) and ``pickscore`` (PickScore v1) rankers, through transformers' CLIPModel.
+
+Both score with the full ``CLIPModel.forward``, whose outputs (normalised ``text_embeds`` / ``image_embeds``,
+``logits_per_text``) read the same in transformers 4.x and 5.x."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+
+from .base import (
+    DeviceSession, DTypeLike, RankerLoadError, check_images, describe_device, is_out_of_memory, release_device_memory,
+    resolve_dtype,
+)
+from .locate import PathLike, has_files, hub_folder, is_offline
+from .prompt import clean_prompt
+
+log = logging.getLogger("i4vgen.rankers")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+PROCESSOR_FILES = ["preprocessor_config.json", TOKENIZER_FILES]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    name: str
+    model_id: str
+    processor_id: str
+    use_logit_scale: bool  # PickScore: logit_scale.exp() * cosine; CLIP score: the plain cosine
+
+    @property
+    def hint(self) -> str:
+        where = f"https://huggingface.co/{self.model_id}"
+        if self.processor_id != self.model_id:
+            where += f" (its tokenizer and preprocessor_config.json from https://huggingface.co/{self.processor_id})"
+        return (f"download {where} into one folder and pass it as the ranker path, or run once online to fill the "
+                "Hugging Face cache")
+
+
+CLIP = ClipSpec("clip", "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14", use_logit_scale=False)
+PICKSCORE = ClipSpec("pickscore", "yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                     use_logit_scale=True)
+
+
+def locate_clip(spec: ClipSpec, path: Optional[PathLike], offline: bool) -> Tuple[Path, Path, List[str]]:
+    """(model folder, processor folder, places searched): the explicit path (its processor files there or in
+    ``processor/``, else the hub processor), else the HF cache, else a hub download when online."""
+    offline = is_offline(offline)
+    searched: List[str] = []
+    if path not in (None, ""):
+        model = Path(path).expanduser()
+        searched.append(str(model))
+        if not has_files(model, ["config.json", WEIGHT_FILES]):
+            raise RankerLoadError(spec.name, "model files not found in the ranker path", searched, spec.hint,
+                                  f"need config.json and one of {', '.join(WEIGHT_FILES)}")
+        for processor in (model, model / "processor"):
+            if has_files(processor, PROCESSOR_FILES):
+                return model, processor, searched
+            searched.append(str(processor))
+    else:
+        model, where = hub_folder(spec.model_id, ["config.json", WEIGHT_FILES], offline=offline)
+        searched.append(where)
+        if model is None:
+            raise RankerLoadError(spec.name, "weights not found" + (" offline" if offline else ""), searched,
+                                  spec.hint)
+        if has_files(model, PROCESSOR_FILES):
+            return model, model, searched
+    processor, where = hub_folder(
+        spec.processor_id, PROCESSOR_FILES,
+        optional=["tokenizer_config.json", "special_tokens_map.json", "merges.txt", "vocab.json"], offline=offline,
+    )
+    searched.append(where)
+    if processor is None:
+        raise RankerLoadError(spec.name, "tokenizer/processor not found" + (" offline" if offline else ""),
+                              searched, spec.hint)
+    return model, processor, searched
+
+
+class ClipRanker:
+    """Scores with a CLIPModel: cosine(text, image), times ``logit_scale.exp()`` for PickScore."""
+
+    def __init__(self, spec: ClipSpec, model, tokenizer, image_processor, device: torch.device, batch_size: int = 16):
+        self.name = spec.name
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = device
+        self.batch_size = batch_size
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.model is not None
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> List[float]:
+        check_images(images)
+        if self.model is None:
+            raise RuntimeError(f"the {self.name} ranker was unloaded; load it again")
+        limit = getattr(self.model.config.text_config, "max_position_embeddings", 77)
+        tokens = self.tokenizer(clean_prompt(prompt), padding=True, truncation=True, max_length=limit,
+                                return_tensors="pt")
+        rgb = [image.convert("RGB") for image in images]
+        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        try:
+            return self._score_on(self.device, pixels, tokens)
+        except Exception as error:
+            if self.device.type == "cpu" or not is_out_of_memory(error):
+                raise
+            log.warning("%s ran out of memory on %s; scoring on the CPU instead", self.name, self.device)
+            release_device_memory(self.device)
+            return self._score_on(torch.device("cpu"), pixels, tokens)
+
+    @torch.no_grad()
+    def _score_on(self, device: torch.device, pixels: torch.Tensor, tokens) -> List[float]:
+        dtype = self.model.logit_scale.dtype
+        scores = []
+        with DeviceSession(self.model, device):
+            ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+            for chunk in pixels.split(self.batch_size):
+                out = self.model(input_ids=ids, attention_mask=mask, pixel_values=chunk.to(device, dtype))
+                if self.spec.use_logit_scale:
+                    scores.append(out.logits_per_text[0].float().cpu())
+                else:
+                    scores.append((out.text_embeds.float() @ out.image_embeds.float().T)[0].cpu())
+        return [float(s) for s in torch.cat(scores)]
+
+    def unload(self) -> None:
+        self.model = None
+        release_device_memory(self.device)
+
+
+def check_loading_info(spec: ClipSpec, info: dict, folder: Path, searched: Sequence[str]) -> None:
+    """transformers only warns about missing or unexpected weights; a ranker with random weights must not run."""
+    problems = [f"missing key {k}" for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    problems += [f"unexpected key {k}" for k in info.get("unexpected_keys", []) if not k.endswith("position_ids")]
+    problems += [f"key {m[0] if isinstance(m, (tuple, list)) else m} has the wrong shape"
+                 for m in info.get("mismatched_keys", [])]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} differences)" if len(problems) > 8 else "")
+        raise RankerLoadError(spec.name, "checkpoint does not match its config", searched, spec.hint,
+                              f"{folder}: {shown}")
+
+
+def load_clip_like(spec: ClipSpec, path: Optional[PathLike], device: Any, dtype: DTypeLike, offline: bool) -> ClipRanker:
+    model_dir, processor_dir, searched = locate_clip(spec, path, offline)
+    try:
+        from transformers import AutoTokenizer, CLIPModel
+    except ImportError as error:
+        raise RankerLoadError(spec.name, "transformers is not installed", searched, "pip install transformers") from error
+    try:  # transformers 5: the PIL backend, the one 4.x always used, whether or not torchvision is installed
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+    try:
+        model, info = CLIPModel.from_pretrained(str(model_dir), local_files_only=True, output_loading_info=True)
+    except Exception as error:
+        reason = "out of memory" if is_out_of_memory(error) else "corrupt or unreadable checkpoint"
+        raise RankerLoadError(spec.name, reason, searched, spec.hint, f"{model_dir}: {error}") from error
+    check_loading_info(spec, info, model_dir, searched)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(processor_dir), local_files_only=True)
+        image_processor = CLIPImageProcessor.from_pretrained(str(processor_dir), local_files_only=True)
+    except Exception as error:
+        raise RankerLoadError(spec.name, "unreadable tokenizer/processor", searched, spec.hint,
+                              f"{processor_dir}: {error}") from error
+    model = model.to(resolve_dtype(dtype)).eval().requires_grad_(False)
+    log.info("%s loaded from %s (processor %s)", spec.name, model_dir, processor_dir)
+    return ClipRanker(spec, model, tokenizer, image_processor, describe_device(device))
+
+
+def load_clip(path: Optional[PathLike] = None, *, device: Any = "cpu", dtype: DTypeLike = None,
+              offline: bool = False, webui_models_dir: Optional[PathLike] = None) -> ClipRanker:
+    return load_clip_like(CLIP, path, device, dtype, offline)
+
+
+def load_pickscore(path: Optional[PathLike] = None, *, device: Any = "cpu", dtype: DTypeLike = None,
+                   offline: bool = False, webui_models_dir: Optional[PathLike] = None) -> ClipRanker:
+    return load_clip_like(PICKSCORE, path, device, dtype, offline)
