@@ -286,7 +286,7 @@ def _load_ranker(settings: I4VGenSettings, device: str):
 
     ranker, label = load_ranker_with_fallback(
         settings.ranker, settings.ranker_path or None, fallback=settings.ranker_fallback, device=device,
-        offline=_offline(),
+        dtype=torch.float16 if device == "cuda" else None, offline=_offline(),
     )
     if getattr(ranker, "name", None) == "none":
         return None, label
