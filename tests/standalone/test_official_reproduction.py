@@ -97,7 +97,7 @@ def test_official_preset_reproduces_the_official_latents(demo_backbone):
     cand, nivsds, final = official_reference(demo_backbone, seed=seed, frames=frames, steps=steps, guidance=7.5,
                                              anchor_index=winner)
     assert result.anchor_index == winner
-    torch.testing.assert_close(result.candidates, cand, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(result.nivsds, nivsds, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(result.video, final, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.candidates, cand, rtol=0, atol=0)  # bit for bit
+    torch.testing.assert_close(result.nivsds, nivsds, rtol=0, atol=0)
+    torch.testing.assert_close(result.video, final, rtol=0, atol=0)
     assert result.unet_calls == {"anchor": 6, "nivsds": 4, "regeneration": 6, "total": 16}
