@@ -1,0 +1,128 @@
+"""The embedded demo model: a tiny, randomly initialised SD1.5-topology AnimateDiff stack, built by code.
+
+It lets ``i4vgen generate`` and the test suite run end to end with no download. Its weights are random (seeded,
+so every build is identical), which means its pictures look like noise: it demonstrates the machinery, not the
+method's quality. It is saved once, as a diffusers SD1.5 folder with a ``motion_adapter/`` subfolder, under
+``$I4VGEN_CACHE`` (default ``~/.cache/i4vgen``) ``/demo-v1``. The build writes to a temporary folder and renames it
+into place, so concurrent processes never see half a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .clip_tokenizer import BYTE_LEVEL_VOCAB_SIZE, write_clip_tokenizer
+from .configs import SD_MODEL_INDEX, TINY_MM, TINY_UNET, TINY_VAE, scheduler_config, tiny_text_config
+from .ldm_convert import write_single_file_fixtures
+
+__all__ = ["DEMO_NAME", "DEMO_VERSION", "ensure_demo_model", "build_demo_model", "is_demo_model",
+           "read_demo_marker", "weights_digest", "write_single_file_fixtures"]
+
+DEMO_VERSION = "demo-v1"
+DEMO_NAME = "i4vgen tiny demo model (random weights, makes noise-like pictures)"
+DEMO_SEED = 0
+MARKER_FILE = "i4vgen_demo.json"
+# Seeding uses torch's global generator: threads of one process build one at a time (processes are independent).
+_BUILD_LOCK = threading.Lock()
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("I4VGEN_CACHE") or Path.home() / ".cache" / "i4vgen")
+
+
+def read_demo_marker(model_dir: Path | str) -> Optional[dict]:
+    try:
+        marker = json.loads((Path(model_dir) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("demo") is True else None
+
+
+def is_demo_model(model_dir: Path | str) -> bool:
+    return read_demo_marker(model_dir) is not None
+
+
+def ensure_demo_model(cache_dir: Path | str | None = None) -> Path:
+    """The demo model folder, built on first use. ``cache_dir`` defaults to ``$I4VGEN_CACHE`` or ~/.cache/i4vgen."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / DEMO_VERSION
+    if is_demo_model(final):
+        return final
+    if final.exists():
+        raise RuntimeError(f"{final} exists but is not a complete i4vgen demo model; delete it to rebuild")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-building-", dir=root))
+    try:
+        build_demo_model(staging)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not is_demo_model(final):  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def build_demo_model(directory: Path | str, *, seed: int = DEMO_SEED) -> Path:
+    """Build and save the demo model into ``directory`` (deterministic for a given seed and vocabulary)."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(directory / "tokenizer")), local_files_only=True)
+    vocab_size = len(tokenizer)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**TINY_VAE)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size)))
+        torch.manual_seed(seed + 3)
+        adapter = MotionAdapter(**TINY_MM)
+    unet.save_pretrained(directory / "unet")
+    vae.save_pretrained(directory / "vae")
+    text_encoder.save_pretrained(directory / "text_encoder")
+    adapter.save_pretrained(directory / "motion_adapter")
+    scheduler_dir = directory / "scheduler"
+    scheduler_dir.mkdir(exist_ok=True)
+    (scheduler_dir / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=2), encoding="utf-8")
+    (directory / "model_index.json").write_text(json.dumps(SD_MODEL_INDEX, indent=2), encoding="utf-8")
+    marker = {
+        "demo": True,
+        "name": DEMO_NAME,
+        "version": DEMO_VERSION,
+        "seed": seed,
+        "tokenizer": "byte-level CLIP" if vocab_size == BYTE_LEVEL_VOCAB_SIZE else "CLIP BPE (open_clip vocabulary)",
+        "vocab_size": vocab_size,
+        "layout": "diffusers SD1.5 folder + motion_adapter/ (AnimateDiff v2-style, mid block)",
+        "weights_sha256": weights_digest(directory),
+    }
+    # Written last: its presence is what marks the folder complete.
+    (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    return directory
+
+
+def weights_digest(model_dir: Path | str) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) of every .safetensors file under ``model_dir``."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.rglob("*.safetensors")):
+        tensors = load_file(str(path))
+        for name in sorted(tensors):
+            tensor = tensors[name].contiguous()
+            digest.update(f"{path.relative_to(model_dir).as_posix()}:{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
