@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="diffusers folder (AnimateDiff pipeline or SD1.5) or an A1111 single-file "
                                    "checkpoint (.safetensors/.ckpt). Default: the embedded tiny DEMO model.")
     g.add_argument("--motion-module", help="AnimateDiff motion module: a MotionAdapter folder or mm_*.ckpt/.safetensors.")
+    g.add_argument("--single-file-config",
+                   help="A diffusers SD folder whose configs describe a single-file checkpoint of another architecture.")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="Allow a .ckpt that pickles more than tensors (runs code from the file: trusted files only).")
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="LoRA file (A1111/kohya or diffusers format), applied to image and video model. Repeatable.")
     g.add_argument("--frames", type=int, help=_help("frames"))
@@ -65,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--video", required=True, type=Path, help="GIF/WebP/MP4 file or a folder of frames.")
     r.add_argument("--prompt", required=True, help=_help("prompt"))
     r.add_argument("--out", required=True, type=Path, help="Output folder (created).")
-    for flag in ("--model", "--motion-module"):
+    for flag in ("--model", "--motion-module", "--single-file-config"):
         r.add_argument(flag, help=g._option_string_actions[flag].help)
+    r.add_argument("--trust-pickle", action="store_true", help=g._option_string_actions["--trust-pickle"].help)
     r.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]", help="LoRA file. Repeatable.")
     r.add_argument("--frames", type=int, help="Use at most this many frames of the input.")
     for name in ("steps", "guidance", "width", "height"):

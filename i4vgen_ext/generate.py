@@ -266,6 +266,7 @@ def _check_common(args: argparse.Namespace) -> None:
 
 def _load_backbone(args: argparse.Namespace, loras):
     dtype = getattr(torch, args.dtype)
+    _quiet_library_progress()
     if args.backbone == "i2vgen-xl":
         from .backbones.i2vgen_xl import I2VGenXLBackbone
 
@@ -274,7 +275,19 @@ def _load_backbone(args: argparse.Namespace, loras):
         return I2VGenXLBackbone.load(args.model, device=args.device, dtype=dtype)
     from .backbones.diffusers_backbone import DiffusersBackbone
 
-    return DiffusersBackbone.load(args.model, args.motion_module, loras=loras, device=args.device, dtype=dtype)
+    return DiffusersBackbone.load(args.model, args.motion_module, loras=loras, device=args.device, dtype=dtype,
+                                  single_file_config=args.single_file_config, trust_pickle=args.trust_pickle)
+
+
+def _quiet_library_progress() -> None:
+    """Our own bar is the progress display; the libraries' loading bars would interleave with it."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _load_ranker(settings: I4VGenSettings, device: str):
