@@ -346,3 +346,24 @@ def test_a_given_image_latent_is_the_condition_and_the_anchor(backbone, image):
                           image_latent=latent)
     with pytest.raises(ValueError, match="video latents"):
         den.predict_noise(torch.zeros(1, 4, FRAMES + 1, HEIGHT // 8, WIDTH // 8), den.timesteps[0], video=True)
+
+
+def test_cli_generate_with_the_i2vgen_xl_backbone(model_dir, image, tmp_path):
+    import json
+
+    from i4vgen_ext.cli import main
+
+    src = tmp_path / "photo.png"
+    image.save(src)
+    out = tmp_path / "out"
+    code = main(["generate", "--backbone", "i2vgen-xl", "--model", str(model_dir), "--anchor-image", str(src),
+                 "--prompt", "a red boat", "--out", str(out), "--width", str(WIDTH), "--height", str(HEIGHT),
+                 "--frames", str(FRAMES), "--steps", "5", "--seed", "3", "--quiet", "--save-latents"])
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["backbone"] == "i2vgen-xl" and run["ranker"] == "anchor image"
+    assert run["settings"]["guidance"] == 9.0  # I2VGen-XL's own default when --guidance is not given
+    k, n_re = int(5 * 0.6) + 1, 5
+    assert run["unet_calls"] == {"anchor": 0, "nivsds": k, "regeneration": n_re, "total": k + n_re}
+    with Image.open(out / "video.gif") as gif:
+        assert gif.n_frames == FRAMES and gif.size == (WIDTH, HEIGHT)
