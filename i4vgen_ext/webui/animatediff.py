@@ -92,3 +92,32 @@ def motion_module_ejected(sd_model: Any, ad: AnimateDiffJob) -> Iterator[None]:
         sd_model.alphas_cumprod, sd_model.alphas_cumprod_original = image_schedule
         ad.motion.inject(sd_model, ad.model_name)
         sd_model.alphas_cumprod, sd_model.alphas_cumprod_original = video_schedule
+
+
+class MotionSwitch:
+    """The motion module out for image-mode calls and back in for video-mode calls, switched only when the mode
+    changes (EVS alternates: image steps, the video block, image steps). Each ejection is one
+    ``motion_module_ejected`` span, so ``close()`` (or the next video call) restores exactly what that context
+    manager restores; call ``close()`` in ``finally``."""
+
+    def __init__(self, sd_model: Any, ad: AnimateDiffJob):
+        self.sd_model, self.ad = sd_model, ad
+        self._span: Optional[contextlib.ExitStack] = None
+
+    @property
+    def ejected(self) -> bool:
+        return self._span is not None
+
+    def image(self) -> None:
+        if self._span is None:
+            span = contextlib.ExitStack()
+            span.enter_context(motion_module_ejected(self.sd_model, self.ad))
+            self._span = span
+
+    def video(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.close()

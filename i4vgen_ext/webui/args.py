@@ -1,17 +1,22 @@
 """The script's arguments: positional UI values or one API dict, parsed into an ``I4VGenSettings`` request.
 
-The UI order is ``enable``, the core's ``METHOD_FIELDS`` in order, then ``return_candidates``. Under the API the
-first slot may instead hold a dict with any subset of those names (A1111 copies ``alwayson_scripts.I4VGen.args``
-positionally and unconverted into ``p.script_args``, ``modules/api/api.py`` ``Api.init_script_args``)."""
+The UI order is ``enable``, the core's ``METHOD_FIELDS`` in order, ``return_candidates``, then the WebUI's own
+``fields.EXTRA_NAMES`` (mode, anchor image, EVS settings), appended so older positional API calls still line up.
+Under the API the first slot may instead hold a dict with any subset of those names (A1111 copies
+``alwayson_scripts.I4VGen.args`` positionally and unconverted into ``p.script_args``, ``modules/api/api.py``
+``Api.init_script_args``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
+from ..evs import EVSSettings
 from ..settings import FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError, parse_method_args
+from .anchor import decode_anchor_arg, describe_anchor
+from .fields import EXTRA_BY_NAME, EXTRA_NAMES, as_bool, coerce_extra, evs_record, evs_settings
 
 HOST_KEYS = ("enable", "return_candidates")
-UI_ORDER = ("enable",) + METHOD_FIELDS + ("return_candidates",)
+UI_ORDER = ("enable",) + METHOD_FIELDS + ("return_candidates",) + EXTRA_NAMES
 
 
 @dataclass(frozen=True)
@@ -19,24 +24,46 @@ class ScriptArgs:
     enable: bool = False
     return_candidates: bool = False
     method: Dict[str, Any] = field(default_factory=dict)  # validated method knobs the request named
+    mode: str = "i4vgen"
+    anchor_image: Optional[Any] = None  # the user's anchor as 8-bit RGB (PIL), already checked
+    anchor_label: str = ""  # its size and pixel hash, for the infotext
+    anchor_sample: bool = False
+    evs: EVSSettings = field(default_factory=EVSSettings)
 
+    @property
+    def runs_i4vgen(self) -> bool:
+        return self.mode.startswith("i4vgen")
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise SettingsError(name, value, "true or false")
+    @property
+    def runs_evs(self) -> bool:
+        return self.mode.endswith("evs")
+
+    def extra_record(self) -> Dict[str, Any]:
+        """The WebUI-only settings the run used, under their API names (for the infotext)."""
+        record: Dict[str, Any] = {"mode": self.mode}
+        if self.anchor_image is not None:
+            record["anchor_image"] = self.anchor_label
+            record["anchor_sample"] = self.anchor_sample
+        if self.runs_evs:
+            record.update(evs_record(self.evs))
+        return record
 
 
 def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:
-    checked = parse_method_args(values, extra=HOST_KEYS)
+    checked = parse_method_args(values, extra=HOST_KEYS + EXTRA_NAMES)
+    extras = {name: checked.pop(name) for name in EXTRA_NAMES if name in checked}
+    image_arg = extras.pop("anchor_image", None)
+    extras = {name: coerce_extra(name, value) for name, value in extras.items() if value is not None}
+    image = decode_anchor_arg(image_arg)
     return ScriptArgs(
-        enable=_as_bool("enable", checked.pop("enable", False)),
-        return_candidates=_as_bool("return_candidates", checked.pop("return_candidates", False)),
+        enable=as_bool("enable", checked.pop("enable", False)),
+        return_candidates=as_bool("return_candidates", checked.pop("return_candidates", False)),
         method=checked,
+        mode=extras.get("mode", EXTRA_BY_NAME["mode"].default),
+        anchor_image=image,
+        anchor_label=describe_anchor(image) if image is not None else "",
+        anchor_sample=extras.get("anchor_sample", False),
+        evs=evs_settings(extras),
     )
 
 

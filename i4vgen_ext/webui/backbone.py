@@ -3,10 +3,14 @@
 * Image mode (anchors): the motion module is ejected (``animatediff.motion_module_ejected``), a fresh sampler of
   the user's choice (``sd_samplers.create_sampler``) runs ``Sampler.sample`` per chunk of candidates, with a
   per-chunk ``rng.ImageRNG`` bound as ``p.rng`` so ancestral noise comes from the candidates' own seeds.
-* Video mode, NI-VSDS: one fresh sampler's CFG denoiser (``sampler.model_wrap_cfg``) is called directly on the
-  F-frame video, exactly like a sampler step, so AnimateDiff's CFG hook (context windows, prompt travel),
-  LoRA, cond padding and the interrupt check all apply. k-diffusion samplers take ``x / sqrt(abar)`` at sigma and
-  return x0; timestep samplers (DDIM, PLMS, UniPC) take ``x_t`` at ``t`` and return eps.
+* Single noise predictions (``predict_noise``: NI-VSDS, EVS): one fresh sampler per stage, whose CFG denoiser
+  (``sampler.model_wrap_cfg``) is called directly, exactly like a sampler step, so AnimateDiff's CFG hook
+  (context windows, prompt travel), LoRA, cond padding and the interrupt check all apply. k-diffusion samplers
+  take ``x / sqrt(abar)`` at sigma and return x0; timestep samplers (DDIM, PLMS, UniPC) take ``x_t`` at ``t`` and
+  return eps. Video mode runs with the motion module in; image mode (EVS's T2I steps) takes it out through the
+  shared ``MotionSwitch`` and evaluates the frames as separate images, in chunks of AnimateDiff's context size.
+  Which stage a call belongs to follows from ``phase`` ("i4vgen": NI-VSDS; "evs": EVS image or video steps;
+  "evs-inversion": the inversion denoiser) and the mode.
 * Video mode, regeneration: ``p.sampler.sample_img2img`` with ``p.denoising_strength`` borrowed so the user's
   sampler and scheduler run the last ``n_re`` steps from the given noise.
 
@@ -25,7 +29,18 @@ from ..denoiser import StepCallback, notify
 from ..schedule import sampling_timesteps
 from ..settings import I4VGenSettings
 from . import shim
-from .animatediff import AnimateDiffJob, motion_module_ejected
+from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
+
+
+# (phase, video mode) -> the stage a single noise prediction belongs to.
+STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
+          ("evs-inversion", True): "evs-inversion"}
+
+
+def latent_shape(p: Any) -> tuple:
+    processing = shim.processing()
+    channels = getattr(p.sd_model, "latent_channels", processing.opt_C)
+    return channels, p.height // processing.opt_f, p.width // processing.opt_f
 
 
 def to_host_video(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +96,9 @@ class HostDenoiser:
         chunk_size: int,
         on_anchor_chunk: Optional[Callable[[int, int, bool], None]] = None,
         on_stage: Optional[Callable[[str], None]] = None,
+        motion: Optional[MotionSwitch] = None,
+        phase: str = "i4vgen",
+        guidance: Optional[float] = None,
     ):
         self.p, self.ad, self.settings = p, ad, settings
         self.anchor_rngs, self.chunk_size = list(anchor_rngs), chunk_size
@@ -88,7 +106,15 @@ class HostDenoiser:
         self.unet_calls = 0
         self.last_video: Optional[torch.Tensor] = None  # latest video-mode latent, returned on interrupt
         self._timesteps = sampling_timesteps(p.steps, settings.schedule)
-        self._nivsds_sampler: Any = None
+        self.motion = motion if motion is not None else MotionSwitch(p.sd_model, ad)
+        self.phase = phase
+        self.guidance = guidance  # None: the job's CFG scale
+        self._samplers: Dict[str, Any] = {}
+
+    def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
+        """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
+        return HostDenoiser(self.p, self.ad, self.settings, anchor_rngs=self.anchor_rngs, chunk_size=self.chunk_size,
+                            on_stage=self.on_stage, motion=self.motion, phase=phase, guidance=guidance)
 
     # Protocol properties ---------------------------------------------------------------------------------
     @property
@@ -100,9 +126,10 @@ class HostDenoiser:
         return self._timesteps
 
     # Helpers -----------------------------------------------------------------------------------------------
-    def _new_sampler(self) -> Any:
+    def _new_sampler(self, *, counted: bool = True) -> Any:
         sampler = shim.sd_samplers().create_sampler(self.p.sampler_name, self.p.sd_model)
-        self._count_calls(sampler)
+        if counted:
+            self._count_calls(sampler)
         return sampler
 
     def _count_calls(self, sampler: Any) -> None:
@@ -130,31 +157,61 @@ class HostDenoiser:
 
     # Denoiser protocol ---------------------------------------------------------------------------------------
     def predict_noise(self, x: torch.Tensor, t: int, *, video: bool) -> torch.Tensor:
-        if not video:
-            raise ValueError("the WebUI backbone predicts noise in video mode only (NI-VSDS)")
+        stage = STAGES.get((self.phase, video))
+        if stage is None:
+            raise ValueError(f"no {'video' if video else 'image'}-mode noise prediction in the {self.phase!r} phase")
+        if video:
+            self.motion.video()
+        else:
+            self.motion.image()
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        sampler = self._direct_sampler(stage, counted=video)
+        if video:
+            eps = self._direct_eps(sampler, to_host_video(x).float(), t, self.p.c, self.p.uc)
+        else:
+            eps = self._image_eps(sampler, x.float(), t)
+            self.unet_calls += 1  # one CFG evaluation of all frames, however many chunks it took
+        self._check_interrupt()
+        return from_host_video(eps.float()) if video else eps.float()
+
+    def _direct_sampler(self, stage: str, *, counted: bool) -> Any:
+        if stage not in self._samplers:
+            steps = self.settings.nivsds_iterations if stage == "ni-vsds" else len(self._timesteps)
+            self._samplers[stage] = self._prepare_direct_calls(self._new_sampler(counted=counted), steps)
+            if stage == "ni-vsds":  # EVS keeps one bar over its stages (progress.StageProgress.evs_started)
+                state = shim.state()
+                state.sampling_steps, state.sampling_step = steps, 0
+        return self._samplers[stage]
+
+    def _image_eps(self, sampler: Any, frames: torch.Tensor, t: int) -> torch.Tensor:
+        """Frames as separate images (motion module out), the head prompt's conds repeated per image. The CFG
+        denoiser's step is the timestep's index on the S-step grid, so prompt editing picks the right prompt. Chunks
+        of AnimateDiff's context size keep a call no larger than one video call."""
+        index = self._timesteps.index(int(t)) if int(t) in self._timesteps else 0
+        out = []
+        for chunk in torch.split(frames, max(1, self.ad.context_size)):
+            c, uc = repeat_conds(self.p.c, self.p.uc, chunk.shape[0])
+            sampler.model_wrap_cfg.step = index
+            out.append(self._direct_eps(sampler, chunk, t, c, uc))
+        return torch.cat(out)
+
+    def _direct_eps(self, sampler: Any, frames: torch.Tensor, t: int, c: Any, uc: Any) -> torch.Tensor:
+        """One call of the sampler's CFG denoiser on (N, 4, h, w) latents at training timestep ``t`` -> eps."""
         p = self.p
-        if self._nivsds_sampler is None:
-            if self.on_stage is not None:
-                self.on_stage("ni-vsds")
-            self._nivsds_sampler = self._prepare_direct_calls(self._new_sampler(), self.settings.nivsds_iterations)
-        sampler = self._nivsds_sampler
-        frames = to_host_video(x).float()
+        scale = p.cfg_scale if self.guidance is None else self.guidance
         abar = self.alphas_cumprod[int(t)].to(frames.device)
         image_cond = p.txt2img_image_conditioning(frames)
-        extra = sampler.sampler_extra_args
         if is_timestep_sampler(sampler):
             t_in = torch.full((frames.shape[0],), float(t), device=frames.device)
-            eps = sampler.model_wrap_cfg(frames, t_in, uncond=extra["uncond"], cond=extra["cond"],
-                                         cond_scale=p.cfg_scale, s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
-        else:
-            sigma = ((1 - abar) / abar).sqrt()
-            x_k = frames / abar.sqrt()
-            sigma_in = sigma.repeat(frames.shape[0])
-            x0 = sampler.model_wrap_cfg(x_k, sigma_in, uncond=extra["uncond"], cond=extra["cond"],
-                                        cond_scale=p.cfg_scale, s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
-            eps = (x_k - x0.float()) / sigma
-        self._check_interrupt()
-        return from_host_video(eps.float())
+            return sampler.model_wrap_cfg(frames, t_in, uncond=uc, cond=c, cond_scale=scale,
+                                          s_min_uncond=sampler.s_min_uncond, image_cond=image_cond).float()
+        sigma = ((1 - abar) / abar).sqrt()
+        x_k = frames / abar.sqrt()
+        sigma_in = sigma.repeat(frames.shape[0])
+        x0 = sampler.model_wrap_cfg(x_k, sigma_in, uncond=uc, cond=c, cond_scale=scale,
+                                    s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
+        return (x_k - x0.float()) / sigma
 
     def _prepare_direct_calls(self, sampler: Any, steps: int) -> Any:
         """What ``Sampler.sample`` sets up before its loop, for calling ``model_wrap_cfg`` by hand
@@ -166,8 +223,6 @@ class HostDenoiser:
         sampler.sampler_extra_args = {
             "cond": p.c, "image_cond": None, "uncond": p.uc, "cond_scale": p.cfg_scale, "s_min_uncond": sampler.s_min_uncond,
         }
-        state = shim.state()
-        state.sampling_steps, state.sampling_step = steps, 0
         return sampler
 
     def denoise(self, x: Optional[torch.Tensor], noise: torch.Tensor, *, steps: int, video: bool, stage: str,

@@ -1,26 +1,34 @@
 """The one ``I4VGen`` infotext key: written into ``p.extra_generation_params``, read back on paste.
 
-The value is compact JSON of the resolved method settings plus what the run decided (anchor index, ranker, UNet
-calls). A1111's ``infotext_utils.quote`` JSON-quotes it because it holds ``,`` and ``:``, and
-``parse_generation_parameters`` unquotes it, so the round trip is exact."""
+The value is compact JSON of the resolved method settings, the WebUI's own settings (mode, anchor image, EVS)
+and what the run decided (anchor index, ranker, UNet calls per stage). A1111's ``infotext_utils.quote``
+JSON-quotes it because it holds ``,`` and ``:``, and ``parse_generation_parameters`` unquotes it, so the round
+trip is exact. The anchor image itself is not in it (only its size and a pixel hash): pasting leaves the panel's
+image as it is when the run had one, and clears it when the run had none."""
 from __future__ import annotations
 
 import json
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..settings import METHOD_FIELDS, I4VGenSettings
+from .fields import EXTRA_BY_NAME, EXTRA_FIELDS
 
 INFOTEXT_KEY = "I4VGen"
 
 
 def infotext_value(
-    settings: I4VGenSettings, *, anchor_index: int, ranker: str, unet_calls: Optional[Mapping[str, int]] = None,
-    return_candidates: bool = False,
+    settings: I4VGenSettings, *, anchor_index: Optional[int], ranker: Optional[str],
+    unet_calls: Optional[Mapping[str, int]] = None, return_candidates: bool = False,
+    extras: Optional[Mapping[str, Any]] = None,
 ) -> str:
+    """``anchor_index``/``ranker`` None: no anchor was chosen (mode "evs"), so neither is recorded."""
     record: Dict[str, Any] = settings.method_dict()
-    record["chosen_anchor"] = int(anchor_index)
-    record["ranked_by"] = ranker
+    if anchor_index is not None:
+        record["chosen_anchor"] = int(anchor_index)
+    if ranker is not None:
+        record["ranked_by"] = ranker
     record["return_candidates"] = bool(return_candidates)
+    record.update(extras or {})
     if unet_calls:
         record["unet_calls"] = {k: int(v) for k, v in unet_calls.items()}
     return json.dumps(record, separators=(",", ":"), sort_keys=False)
@@ -48,7 +56,9 @@ def paste_getter(name: str) -> Callable[[Mapping[str, Any]], Any]:
 
     ``enable`` reads as True when the key is present and False when it is not, so pasting a plain image's
     parameters switches I4VGen off. The manual anchor index is pasted as the index the run used, so pasting
-    reproduces the same video without re-ranking."""
+    reproduces the same video without re-ranking. The WebUI's own settings (mode, EVS) missing from an I4VGen
+    record paste as their defaults: the run that wrote it used them. The anchor image is cleared with a gradio
+    update (A1111 passes ``gr.update`` values through, ``infotext_utils.paste_func``) when the run had none."""
 
     def get(params: Mapping[str, Any]) -> Any:
         record = parse_infotext_value(params.get(INFOTEXT_KEY))
@@ -58,10 +68,18 @@ def paste_getter(name: str) -> Callable[[Mapping[str, Any]], Any]:
             return None
         if name == "anchor_index":
             return record.get("chosen_anchor", record.get("anchor_index"))
+        if name == "anchor_image":
+            if "anchor_image" in record:
+                return None  # the picture is not in the infotext: keep what the panel holds
+            import gradio as gr
+
+            return gr.update(value=None)
+        if name in EXTRA_BY_NAME:
+            return record.get(name, EXTRA_BY_NAME[name].default)
         return record.get(name)
 
     get.__name__ = f"i4vgen_paste_{name}"
     return get
 
 
-PASTE_NAMES = ("enable",) + METHOD_FIELDS + ("return_candidates",)
+PASTE_NAMES = ("enable",) + METHOD_FIELDS + ("return_candidates",) + tuple(f.name for f in EXTRA_FIELDS)

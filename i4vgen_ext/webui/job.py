@@ -2,32 +2,37 @@
 
 Hook plan (A1111 1.10.1 ``modules/processing.py`` ``process_images_inner``; AD's ``before_process`` has run):
 
-* ``Script.process``: read the args, find AnimateDiff, refuse what is unsupported, plan the progress bar. A1111
-  swallows exceptions raised in script hooks (``ScriptRunner.process`` -> ``errors.report``), so a refusal is
-  delivered by a ``p.sample`` that raises it: the job stops before any UNet call, with the message in the UI and
-  in the API's error body.
-* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``. Whatever happens inside,
-  ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and the motion module is injected.
+* ``Script.process``: read the args (the anchor image is decoded and checked here), find AnimateDiff, refuse what
+  is unsupported, plan the progress bar. A1111 swallows exceptions raised in script hooks
+  (``ScriptRunner.process`` -> ``errors.report``), so a refusal is delivered by a ``p.sample`` that raises it: the
+  job stops before any UNet call, with the message in the UI and in the API's error body.
+* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``, which makes the batch's
+  video by the mode (I4VGen; AnimateDiff's own sampling for "evs") and refines it with EVS for the "+evs"/"evs"
+  modes. Whatever happens inside, ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and
+  the motion module is injected with the exact schedule tensors it had.
 * ``Script.postprocess`` (ordered after AnimateDiff's, see metadata.ini): infotext as plain text, candidates."""
 from __future__ import annotations
 
 import logging
+import time
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ..noise import Noises
-from ..pipeline import I4VGenResult, run_i4vgen
+from ..pipeline import run_i4vgen
 from ..settings import I4VGenSettings, SettingsError
 from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
+from .anchor import encode_anchor
 from .args import ScriptArgs, build_settings, is_enabled, parse_script_args
-from .backbone import HostDenoiser, from_host_video, to_host_video
+from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
 from .infotext import INFOTEXT_KEY, infotext_value
-from .progress import StageProgress, plan_job_count
+from .progress import StageProgress, jobs_per_batch, plan_job_count
 from .ranking import RankerCache
+from .refine import evs_calls, refine_video
 
 log = logging.getLogger("i4vgen")
 
@@ -43,11 +48,11 @@ class I4VGenError(RuntimeError):
 class BatchOutcome:
     iteration: int
     infotext: str
-    anchor_index: int
-    ranker: str
+    anchor_index: Optional[int]  # -1: the user's anchor image; None: no anchor (mode "evs")
+    ranker: Optional[str]
     scores: Optional[List[float]]
     candidate_images: Optional[list]
-    unet_calls: Dict[str, int]
+    unet_calls: Dict[str, int]  # per stage, then "total"
     seconds: Dict[str, float]
     interrupted: bool = False
 
@@ -113,6 +118,19 @@ def chunk_size_for(ad: AnimateDiffJob, candidates: int) -> int:
     return max(1, min(candidates, ad.context_size))
 
 
+def request_refusal(request: ScriptArgs, steps: int) -> Optional[str]:
+    """What is wrong with the mode/anchor/EVS combination for a job of ``steps`` steps (None when nothing)."""
+    if request.anchor_image is not None and not request.runs_i4vgen:
+        return ("I4VGen: an anchor image needs mode 'i4vgen' or 'i4vgen+evs' (mode 'evs' refines AnimateDiff's own "
+                "video). Remove the image or change the mode.")
+    if request.runs_evs:
+        try:
+            request.evs.plan(steps)
+        except SettingsError as error:
+            return f"I4VGen: bad argument '{error.name}': {error} (with {steps} sampling steps)"
+    return None
+
+
 def resolve_settings(p: Any, request: ScriptArgs, default_preset: str, iteration_seed: int) -> I4VGenSettings:
     prompts = p.prompts if getattr(p, "prompts", None) else p.all_prompts
     negatives = p.negative_prompts if getattr(p, "negative_prompts", None) else p.all_negative_prompts
@@ -127,12 +145,11 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     """Plan the job, or arrange its refusal. Returns None when I4VGen stays out of this job."""
     if not args:
         return None
-    enabled = is_enabled(args)
+    if not is_enabled(args) and not isinstance(args[0], Mapping):
+        return None  # a disabled panel: its values (an uploaded image among them) are not even read
     try:
         request = parse_script_args(args)
     except SettingsError as error:
-        if not enabled and not isinstance(args[0], dict):
-            return None
         install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
         return None
     if not request.enable:
@@ -154,6 +171,10 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     except SettingsError as error:
         install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
         return None
+    reason = request_refusal(request, int(p.steps))
+    if reason is not None:
+        install_refusal(p, reason)
+        return None
     size = chunk_size_for(ad, settings.candidates)
     plan = JobPlan(
         request=request, ad=ad, settings=settings, chunk_size=size, chunks=-(-settings.candidates // size),
@@ -164,7 +185,8 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     if not option("pad_cond_uncond", False) and not option("pad_cond_uncond_v0", False):
         log.warning("I4VGen: AnimateDiff needs 'Pad prompt/negative prompt' (Settings > Optimizations) when the "
                     "prompt and negative prompt have different token lengths.")
-    plan_job_count(shim.state(), int(p.n_iter), plan.chunks)
+    jobs = jobs_per_batch(plan.chunks, mode=request.mode, anchor_image=request.anchor_image is not None)
+    plan_job_count(shim.state(), int(p.n_iter), jobs)
     p.extra_generation_params[INFOTEXT_KEY] = infotext_for(plan)
     return plan
 
@@ -219,12 +241,6 @@ def uninstall_sampler(p: Any) -> None:
 
 
 # The batch -------------------------------------------------------------------------------------------------------
-def latent_shape(p: Any) -> tuple:
-    processing = shim.processing()
-    channels = getattr(p.sd_model, "latent_channels", processing.opt_C)
-    return channels, p.height // processing.opt_f, p.width // processing.opt_f
-
-
 def candidate_rngs(p: Any, candidates: int, chunk_size: int) -> List[Any]:
     """Candidate k starts from the host's noise for seed ``seeds[0] + k``, i.e. frame k's noise when k < F
     (``modules/rng.py`` ``ImageRNG``: same randn source, subseed and seed-resize handling as the job)."""
@@ -258,52 +274,41 @@ def decoder(p: Any, progress: StageProgress) -> Callable[[torch.Tensor], list]:
 
 
 def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tensor:
-    """I4VGen for one batch (one video of ``p.batch_size`` frames) in place of ``p.sample``."""
-    state = shim.state()
-    progress = StageProgress(state, tqdm=getattr(shim.shared(), "total_tqdm", None), anchor_chunks=plan.chunks)
+    """One batch (one video of ``p.batch_size`` frames) in place of ``p.sample``: the video by the mode, then EVS."""
+    request = plan.request
+    progress = StageProgress(shim.state(), tqdm=getattr(shim.shared(), "total_tqdm", None), anchor_chunks=plan.chunks)
     progress.begin()
     saved = {name: vars(p)[name] for name in BORROWED_FIELDS if name in vars(p)}
     frames = int(p.batch_size)
     denoiser: Optional[HostDenoiser] = None
     try:
-        settings = resolve_settings(p, plan.request, plan.default_preset, p.seeds[0])
-        try:
-            ranker, label = ranker_cache.get(settings, device=shim.devices().device, models_dir=plan.models_dir)
-        except Exception as error:  # RankerLoadError (and friends): fallback 'error' stops the job here
-            raise I4VGenError(f"I4VGen: {error}\n(set 'ranker fallback' to 'none' to continue with candidate 0, "
-                              "or choose a manual anchor index)") from error
-
-        rngs = candidate_rngs(p, settings.candidates, plan.chunk_size)
-        candidate_noise = torch.cat([r.next() for r in rngs]).float()
-        video_noise = p.rng.next()  # the host's own first draw for these frames: NI-VSDS's fixed noise
-        if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
-            p.scripts.process_before_every_sampling(p=p, x=video_noise, noise=video_noise, c=p.c, uc=p.uc)
-        regeneration_noise = p.rng.next()  # the next draw from the same per-frame generators: fresh noise
-        noises = Noises(candidate_noise, from_host_video(video_noise.float()), from_host_video(regeneration_noise.float()))
-
-        def on_anchor_chunk(index: int, count: int, finished: bool) -> None:
-            if finished:
-                progress.anchor_chunk_finished()
-            else:
-                progress.anchor_chunk_started(index, count)
-
-        denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=rngs, chunk_size=plan.chunk_size,
-                                on_anchor_chunk=on_anchor_chunk, on_stage=progress.stage)
-        p.sampler = denoiser._new_sampler()  # the job's sampler, made while the motion module is injected
-        result = run_i4vgen(
-            denoiser, settings, noises, ranker=ranker, ranker_label=label, decode_images=decoder(p, progress),
-            keep_candidate_images=plan.request.return_candidates, callback=progress,
-        )
-        record(p, plan, settings, result)
-        return to_host_video(result.video)
+        settings = resolve_settings(p, request, plan.default_preset, p.seeds[0])
+        denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=[], chunk_size=plan.chunk_size,
+                                on_anchor_chunk=progress.on_anchor_chunk, on_stage=progress.stage)
+        if request.runs_i4vgen:
+            video, outcome = i4vgen_video(p, plan, settings, denoiser, ranker_cache, progress)
+        else:
+            video, outcome = animatediff_video(p, denoiser, progress)
+        if request.runs_evs:
+            progress.stage_finished()
+            denoiser.last_video = to_host_video(video)
+            started = time.perf_counter()
+            refined = refine_video(p, denoiser, video, request.evs, mode=request.mode, progress=progress)
+            outcome.seconds["evs"] = time.perf_counter() - started
+            outcome.unet_calls.update(evs_calls(refined))
+            video = refined.latents
+        record(p, plan, settings, outcome)
+        return to_host_video(video)
     except shim.interrupted_exception():
         log.info("I4VGen: interrupted or skipped")
-        plan.outcomes.append(BatchOutcome(int(p.iteration), "", -1, "", None, None, {}, {}, interrupted=True))
+        plan.outcomes.append(BatchOutcome(int(p.iteration), "", None, None, None, None, {}, {}, interrupted=True))
         partial = denoiser.last_video if denoiser is not None else None
         if partial is None or partial.shape[0] != frames:
             partial = torch.zeros((frames, *latent_shape(p)), device=shim.devices().device)
         return partial
     finally:
+        if denoiser is not None:
+            denoiser.motion.close()
         for name in BORROWED_FIELDS:
             if name in saved:
                 setattr(p, name, saved[name])
@@ -317,16 +322,90 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
         plan.progress_log.extend(progress.log)
 
 
-def record(p: Any, plan: JobPlan, settings: I4VGenSettings, result: I4VGenResult) -> None:
-    value = infotext_value(settings, anchor_index=result.anchor_index, ranker=result.ranker,
-                           unet_calls=result.unet_calls, return_candidates=plan.request.return_candidates)
-    plan.outcomes.append(BatchOutcome(
-        iteration=int(p.iteration), infotext=value, anchor_index=result.anchor_index, ranker=result.ranker,
-        scores=result.scores, candidate_images=result.candidate_images, unet_calls=dict(result.unet_calls),
-        seconds=dict(result.seconds),
-    ))
-    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
-    log.info(f"I4VGen: anchor {result.anchor_index} ({result.ranker}); UNet calls {result.unet_calls}; {seconds}")
+def raise_if_interrupted() -> None:
+    state = shim.state()
+    if state.interrupted or state.skipped:
+        raise shim.interrupted_exception()
+
+
+def i4vgen_video(p: Any, plan: JobPlan, settings: I4VGenSettings, denoiser: HostDenoiser, ranker_cache: RankerCache,
+                 progress: StageProgress) -> Tuple[torch.Tensor, BatchOutcome]:
+    """I4VGen's video (1, 4, F, h, w): anchor (candidates + ranking, or the user's image), NI-VSDS, regeneration."""
+    request = plan.request
+    seconds: Dict[str, float] = {}
+    anchor = None
+    if request.anchor_image is not None:  # paper 4.5: no candidates, no ranker
+        progress.stage("encode-anchor")
+        started = time.perf_counter()
+        anchor = encode_anchor(p, request.anchor_image, sample=request.anchor_sample, seed=int(p.seeds[0]))
+        anchor = anchor.to(shim.devices().device)
+        seconds["encode_anchor"] = time.perf_counter() - started
+        ranker, label = None, "anchor image"
+        candidate_noise = torch.zeros((0, *latent_shape(p)))
+    else:
+        try:
+            ranker, label = ranker_cache.get(settings, device=shim.devices().device, models_dir=plan.models_dir)
+        except Exception as error:  # RankerLoadError (and friends): fallback 'error' stops the job here
+            raise I4VGenError(f"I4VGen: {error}\n(set 'ranker fallback' to 'none' to continue with candidate 0, "
+                              "or choose a manual anchor index)") from error
+        denoiser.anchor_rngs = candidate_rngs(p, settings.candidates, plan.chunk_size)
+        candidate_noise = torch.cat([r.next() for r in denoiser.anchor_rngs]).float()
+
+    video_noise = p.rng.next()  # the host's own first draw for these frames: NI-VSDS's fixed noise
+    if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
+        p.scripts.process_before_every_sampling(p=p, x=video_noise, noise=video_noise, c=p.c, uc=p.uc)
+    regeneration_noise = p.rng.next()  # the next draw from the same per-frame generators: fresh noise
+    noises = Noises(candidate_noise, from_host_video(video_noise.float()), from_host_video(regeneration_noise.float()))
+
+    p.sampler = denoiser._new_sampler()  # the job's sampler, made while the motion module is injected
+    result = run_i4vgen(
+        denoiser, settings, noises, ranker=ranker, ranker_label=label, decode_images=decoder(p, progress),
+        keep_candidate_images=request.return_candidates, anchor=anchor, callback=progress,
+    )
+    seconds.update(result.seconds)
+    calls = {k: v for k, v in result.unet_calls.items() if k != "total"}
+    return result.video, BatchOutcome(int(p.iteration), "", result.anchor_index, result.ranker, result.scores,
+                                      result.candidate_images, calls, seconds)
+
+
+def animatediff_video(p: Any, denoiser: HostDenoiser, progress: StageProgress) -> Tuple[torch.Tensor, BatchOutcome]:
+    """AnimateDiff's own video (mode "evs"), sampled by the host's ``sample`` exactly as without I4VGen. Its UNet
+    calls are read from the CFG denoiser's step counter, which counts every evaluation."""
+    progress.stage("plain")
+    started = time.perf_counter()
+    samples = type(p).sample(p, conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
+                             subseed_strength=p.subseed_strength, prompts=p.prompts)
+    denoiser.last_video = samples
+    raise_if_interrupted()  # the host's sampler returns its last latent when interrupted
+    calls = int(getattr(getattr(p.sampler, "model_wrap_cfg", None), "step", 0) or 0)
+    seconds = {"plain": time.perf_counter() - started}
+    return from_host_video(samples.float()), BatchOutcome(int(p.iteration), "", None, None, None, None,
+                                                          {"plain": calls}, seconds)
+
+
+def record(p: Any, plan: JobPlan, settings: I4VGenSettings, outcome: BatchOutcome) -> None:
+    """The batch's infotext (settings, mode, EVS settings, UNet calls per stage and in total) and log line."""
+    outcome.unet_calls["total"] = sum(v for k, v in outcome.unet_calls.items() if k != "total")
+    outcome.infotext = infotext_value(
+        settings, anchor_index=outcome.anchor_index, ranker=outcome.ranker, unet_calls=outcome.unet_calls,
+        return_candidates=plan.request.return_candidates, extras=plan.request.extra_record(),
+    )
+    plan.outcomes.append(outcome)
+    log.info(f"I4VGen: {summary(outcome)}; {timing(outcome)}")
+
+
+def summary(outcome: BatchOutcome) -> str:
+    if outcome.anchor_index is None:
+        chosen = ""
+    elif outcome.anchor_index < 0:
+        chosen = "anchor from your image, "
+    else:
+        chosen = f"anchor {outcome.anchor_index} ({outcome.ranker}), "
+    return f"{chosen}UNet calls {outcome.unet_calls}"
+
+
+def timing(outcome: BatchOutcome) -> str:
+    return ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items())
 
 
 # Script.postprocess ------------------------------------------------------------------------------------------------
@@ -347,9 +426,7 @@ def finish(p: Any, processed: Any, plan: JobPlan) -> List[tuple]:
     else:
         p.extra_generation_params.pop(INFOTEXT_KEY, None)
     for outcome in done:
-        timing = ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items())
-        p.comment(f"I4VGen video {outcome.iteration + 1}: anchor {outcome.anchor_index} ({outcome.ranker}), "
-                  f"UNet calls {outcome.unet_calls}, {timing}")
+        p.comment(f"I4VGen video {outcome.iteration + 1} ({plan.request.mode}): {summary(outcome)}, {timing(outcome)}")
     if processed is not None:
         processed.comments = "".join(f"{c}\n" for c in p.comments)
     gallery: List[tuple] = []

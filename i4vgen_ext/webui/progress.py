@@ -2,8 +2,9 @@
 
 A1111's bar is ``job_no / job_count + (sampling_step / sampling_steps) / job_count`` (``modules/progress.py``
 ``progressapi``), its text is ``state.textinfo``, and ``process_images_inner`` calls ``state.nextjob()`` once per
-batch after ``p.sample``. Each batch therefore counts as ``anchor chunks + 3`` jobs: every anchor chunk (one host
-sampling run each), ranking, NI-VSDS, and regeneration, whose ``nextjob`` is the host's own."""
+batch after ``p.sample``. Each stage of a batch counts as one job: every anchor chunk (one host sampling run each),
+ranking, NI-VSDS, regeneration, AnimateDiff's own video (mode "evs") and EVS. The last stage's ``nextjob`` is the
+host's; the job calls ``stage_finished`` for a video stage that EVS follows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,16 +13,24 @@ from typing import Any, List, Optional, Tuple
 from ..denoiser import StepEvent
 
 STAGE_LABELS = {"anchors": "anchor images", "ranking": "ranking candidates", "ni-vsds": "NI-VSDS",
-                "regeneration": "regeneration"}
+                "regeneration": "regeneration", "encode-anchor": "encoding the anchor image",
+                "plain": "AnimateDiff video", "evs-image": "EVS image steps", "evs-video": "EVS video block",
+                "evs-inversion": "EVS inversion"}
 
 
-def jobs_per_batch(anchor_chunks: int) -> int:
-    return anchor_chunks + 3
+def jobs_per_batch(anchor_chunks: int, *, mode: str = "i4vgen", anchor_image: bool = False) -> int:
+    """Progress jobs of one batch: anchor chunks + ranking (unless an anchor image replaces them), NI-VSDS and
+    regeneration for I4VGen; AnimateDiff's own video for "evs"; one more for EVS refinement."""
+    if mode == "evs":
+        return 2
+    jobs = 2 if anchor_image else anchor_chunks + 3
+    return jobs + 1 if mode.endswith("evs") else jobs
 
 
-def plan_job_count(state: Any, n_iter: int, anchor_chunks: int) -> None:
-    """Call from ``Script.process`` (before ``process_images_inner`` fills in ``job_count = n_iter``)."""
-    extra = n_iter * (jobs_per_batch(anchor_chunks) - 1)
+def plan_job_count(state: Any, n_iter: int, jobs: int) -> None:
+    """Call from ``Script.process`` (before ``process_images_inner`` fills in ``job_count = n_iter``) with
+    ``jobs_per_batch(...)``."""
+    extra = n_iter * (jobs - 1)
     if state.job_count == -1:
         state.job_count = n_iter + extra
     else:  # an outer script (XYZ grid, ...) already counted this job once
@@ -38,6 +47,8 @@ class StageProgress:
     log: List[Tuple[str, int, int, int]] = field(default_factory=list)  # (stage, i, total, job_no)
     _saved_text: Optional[str] = None
     _anchor_chunk: int = 0
+    _evs_total: int = 0
+    _evs_done: int = 0
 
     def begin(self) -> None:
         self._saved_text = self.state.textinfo
@@ -56,9 +67,25 @@ class StageProgress:
     def anchor_chunk_finished(self) -> None:
         self.state.nextjob()
 
+    def on_anchor_chunk(self, index: int, count: int, finished: bool) -> None:
+        """``HostDenoiser``'s hook around each anchor chunk."""
+        if finished:
+            self.anchor_chunk_finished()
+        else:
+            self.anchor_chunk_started(index, count)
+
+    def stage_finished(self) -> None:
+        """A video stage that EVS follows is done (the host's own ``nextjob`` then counts EVS)."""
+        self.state.nextjob()
+
+    def evs_started(self, total: int) -> None:
+        """EVS reports ``total`` steps (image steps, video steps, inversion steps) on one bar."""
+        self._evs_total, self._evs_done = total, 0
+        self.state.sampling_steps, self.state.sampling_step = total, 0
+
     def __call__(self, event: StepEvent) -> None:
         """The core's callback. Host samplers already set ``sampling_step``/``sampling_steps`` for anchors and
-        regeneration; ranking and NI-VSDS run outside a host sampler, so they are counted here."""
+        regeneration; ranking, NI-VSDS and EVS run outside a host sampler, so they are counted here."""
         self.log.append((event.stage, event.i, event.total, self.state.job_no))
         if event.stage in ("ranking", "ni-vsds"):
             if event.i == 1 or self.state.sampling_steps != event.total:
@@ -71,3 +98,9 @@ class StageProgress:
                 self.state.nextjob()
         elif event.stage == "regeneration" and event.i == 1:
             self.stage("regeneration")
+        elif event.stage.startswith("evs"):  # the denoiser sets the text as it switches between EVS stages
+            self._evs_done += 1
+            self.state.sampling_steps = max(self._evs_total, self._evs_done)
+            self.state.sampling_step = self._evs_done
+            if self.tqdm is not None:
+                self.tqdm.update()

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Tuple
 
 from ..settings import FALLBACKS, FIELD_BY_NAME, PRESETS, RANKERS, I4VGenSettings
 from .args import UI_ORDER
-from .infotext import paste_getter
+from .fields import EVS_FIELDS, EXTRA_BY_NAME, IMAGE, WebUIField
+from .infotext import PASTE_NAMES, paste_getter
 
 SETTINGS_SECTION = ("i4vgen", "I4VGen")
 
@@ -54,6 +55,24 @@ class CandidateStore:
 candidate_store = CandidateStore()
 
 
+def extra_control(spec: WebUIField, elem_id: Any) -> Any:
+    """The panel control for one of the WebUI's own fields, from its entry in ``fields.EXTRA_FIELDS``."""
+    import gradio as gr
+
+    common = dict(label=spec.label, elem_id=elem_id(spec.name))
+    if spec.kind is IMAGE:
+        # RGBA keeps transparency, which load_anchor_image composites on white as the API path does.
+        return gr.Image(None, type="pil", image_mode="RGBA", source="upload", height=256,
+                        elem_classes=["i4vgen-anchor-image"], **common)
+    if spec.kind is bool:
+        return gr.Checkbox(spec.default, info=spec.help, **common)
+    if spec.choices:
+        return gr.Radio(list(spec.choices), value=spec.default, info=spec.help, **common)
+    if spec.kind is float:
+        return gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step, info=spec.help, **common)
+    return gr.Number(spec.default, precision=0, minimum=spec.minimum, info=spec.help, **common)
+
+
 def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official") -> Panel:
     import gradio as gr
 
@@ -63,9 +82,11 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
         if is_img2img:
             gr.HTML("<p class='i4vgen-note'>I4VGen runs in txt2img only; img2img is not supported yet.</p>")
         gr.HTML("<p class='i4vgen-note'>Works together with AnimateDiff: tick both. Anchor images are made without "
-                "the motion module, then NI-VSDS and regeneration run in video mode.</p>")
+                "the motion module (or taken from your image), then NI-VSDS and regeneration run in video mode; "
+                "EVS can refine the result.</p>")
         enable = gr.Checkbox(False, label="Enable I4VGen", elem_id=elem_id("enable"),
                              info="Runs I4VGen on AnimateDiff's video job (AnimateDiff must be enabled too).")
+        extras = {"mode": extra_control(EXTRA_BY_NAME["mode"], elem_id)}
         with gr.Row():
             preset = gr.Dropdown(list(PRESETS), value=s.preset, label="Preset", elem_id=elem_id("preset"),
                                  info=short_help("preset"))
@@ -91,6 +112,17 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
                                      info="Click a candidate below to pick it.")
             return_candidates = gr.Checkbox(False, label="Return candidates", elem_id=elem_id("return_candidates"),
                                             info="Show the N anchor candidates with their scores.")
+        with gr.Accordion("Anchor image (optional: replaces candidates and ranking)", open=False,
+                          elem_id=elem_id("anchor_box")):
+            for name in ("anchor_image", "anchor_sample"):
+                extras[name] = extra_control(EXTRA_BY_NAME[name], elem_id)
+        with gr.Accordion("EVS refinement (modes i4vgen+evs and evs)", open=False, elem_id=elem_id("evs_box")):
+            gr.HTML("<p class='i4vgen-note'>T2I + [T2V] + T2I refinement of the finished video (EVS, Su et al. "
+                    "2025). The EVS authors' code is not public: these defaults are ours.</p>")
+            for row in (EVS_FIELDS[:2], EVS_FIELDS[2:4], EVS_FIELDS[4:]):
+                with gr.Row():
+                    for spec in row:
+                        extras[spec.name] = extra_control(spec, elem_id)
         with gr.Accordion("Candidates of the last job", open=False, elem_id=elem_id("candidates_box")):
             gallery = gr.Gallery(label="Candidates", show_label=False, columns=8, height="auto",
                                  elem_id=f"i4vgen_candidates_{tab}", elem_classes=["i4vgen-candidates"])
@@ -105,10 +137,10 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
         "enable": enable, "preset": preset, "candidates": candidates, "nivsds_fraction": nivsds_fraction,
         "alpha_schedule": alpha_schedule, "regen_strength": regen_strength, "ranker": ranker,
         "ranker_path": ranker_path, "ranker_fallback": ranker_fallback, "anchor_index": anchor_index,
-        "return_candidates": return_candidates,
+        "return_candidates": return_candidates, **extras,
     }
     controls = [by_name[name] for name in UI_ORDER]
-    fields = [(by_name[name], paste_getter(name)) for name in UI_ORDER if name != "ranker_path"]
+    fields = [(by_name[name], paste_getter(name)) for name in PASTE_NAMES if name != "ranker_path"]
     return Panel(controls=controls, infotext_fields=fields, gallery=gallery, refresh=refresh)
 
 

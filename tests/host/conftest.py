@@ -41,7 +41,7 @@ class RankerStub:
     """A ranker with the rankers package's interface: prefers brighter images (deterministic), counts calls."""
 
     def __init__(self, name="imagereward", hook=None):
-        self.name, self.hook, self.calls, self.unloaded = name, hook, 0, 0
+        self.name, self.hook, self.calls, self.unloaded, self.loads = name, hook, 0, 0, 0
 
     def score(self, prompt, images):
         self.calls += 1
@@ -93,6 +93,7 @@ def clean_state(host):
     extra_networks.active_lora.clear()
     extra_networks.activations.clear()
     host.model.unet_log.clear()
+    host.model.encode_log.clear()
     yield
     shared.state.end()
     from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
@@ -140,3 +141,161 @@ def run(p):
     from modules import processing
 
     return processing.process_images(p)
+
+
+# Stages, host state and triggers shared by the job tests -------------------------------------------------------------
+STAGE_TEXT = {"anchors": "I4VGen: anchor images", "ranking": "I4VGen: ranking", "ni-vsds": "I4VGen: NI-VSDS",
+              "regeneration": "I4VGen: regeneration", "plain": "I4VGen: AnimateDiff video",
+              "evs-image": "I4VGen: EVS image steps", "evs-video": "I4VGen: EVS video block",
+              "evs-inversion": "I4VGen: EVS inversion"}
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    """The ranker every job gets; ``loads`` counts how often a ranker was loaded at all."""
+    from i4vgen_ext.webui import ranking
+
+    ranker = RankerStub()
+
+    def loader(name, **kwargs):
+        ranker.loads += 1
+        return ranker, name
+
+    monkeypatch.setattr(ranking, "default_loader", loader)
+    return ranker
+
+
+def stage_calls(model, stage):
+    return [entry for entry in model.unet_log if (entry[0] or "").startswith(STAGE_TEXT[stage])]
+
+
+def host_state(p, model):
+    """Everything I4VGen may touch, by identity where identity matters."""
+    from i4vgen_ext.webui import job as i4vgen_job
+    from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
+
+    unet = model.model.diffusion_model
+    return {
+        "mm_injected": AnimateDiffMM.mm_injected,
+        "alphas": (id(model.alphas_cumprod), model.alphas_cumprod.clone()),
+        "alphas_original": id(model.alphas_cumprod_original),
+        "ad_prev_alphas": (id(mm_animatediff.prev_alpha_cumprod), id(mm_animatediff.prev_alpha_cumprod_original)),
+        "unet_layers": ([len(b) for b in unet.input_blocks], len(unet.middle_block), [len(b) for b in unet.output_blocks]),
+        "p_fields": {name: (id(vars(p).get(name)), repr(vars(p).get(name))) for name in i4vgen_job.BORROWED_FIELDS},
+        "p_rng": id(p.rng),
+        "p_seeds": list(p.seeds), "p_all_seeds": list(p.all_seeds),
+        "p_prompts": list(p.prompts), "p_c": id(p.c), "p_uc": id(p.uc),
+        "p_sample_replaced_by_host": "sample" in vars(p),
+        "cfg_scale": p.cfg_scale, "steps": p.steps, "sampler_name": p.sampler_name,
+    }
+
+
+@pytest.fixture
+def watch(monkeypatch):
+    """Host state just before I4VGen's sampling and just after it ends, however it ends."""
+    from i4vgen_ext.webui import job as i4vgen_job
+
+    seen = []
+    original = i4vgen_job.sample_batch
+
+    def spy(p, plan, cache):
+        from modules import shared
+
+        before = host_state(p, shared.sd_model)
+        try:
+            return original(p, plan, cache)
+        finally:
+            seen.append((before, host_state(p, shared.sd_model)))
+
+    monkeypatch.setattr(i4vgen_job, "sample_batch", spy)
+    return seen
+
+
+def assert_restored(seen, p):
+    import torch
+
+    assert seen, "I4VGen's sampling never ran"
+    for before, after in seen:
+        assert before["mm_injected"] is True
+        for key in before:
+            if key == "alphas":
+                assert before[key][0] == after[key][0] and torch.equal(before[key][1], after[key][1])
+            elif key != "p_sample_replaced_by_host":
+                assert before[key] == after[key], key
+    assert "sample" not in vars(p)  # p.sample is the class's again
+
+
+def trigger_in(monkeypatch, host, stub, stage, action):
+    """Interrupt, skip or raise inside ``stage`` (at its first UNet call; ranking: in the ranker)."""
+    from modules import shared
+
+    def fire():
+        if action == "interrupt":
+            shared.state.interrupt()
+        elif action == "skip":
+            shared.state.skip()
+        else:
+            raise RuntimeError(f"boom in {stage}")
+
+    if stage == "ranking":
+        stub.hook = fire
+        return
+    model = host.model
+    original = model.apply_model
+
+    def apply_model(x, t, cond):
+        if (shared.state.textinfo or "").startswith(STAGE_TEXT[stage]):
+            fire()
+        return original(x, t, cond)
+
+    monkeypatch.setattr(model, "apply_model", apply_model)
+
+
+# Panel arguments, images and pasting ----------------------------------------------------------------------------------
+def ui_args(host: Host, **named) -> List[Any]:
+    """The panel's positional values (defaults as the UI builds them) with I4VGen on and ``named`` overrides."""
+    from i4vgen_ext.webui.args import UI_ORDER
+
+    script = host.script("txt2img", "I4VGen")
+    values = dict(zip(UI_ORDER, host.defaults["txt2img"][script.args_from:script.args_to]))
+    values.update(enable=True, candidates=2, return_candidates=False)
+    values.update(named)
+    return [values[name] for name in UI_ORDER]
+
+
+def gradient(width: int, height: int, mode: str = "RGB"):
+    """A small test picture built in code (no binary fixtures)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x * y) % 256)
+                   for y in range(height) for x in range(width)])
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def b64(image_or_bytes, fmt: str = "PNG") -> str:
+    import base64
+    import io
+
+    if isinstance(image_or_bytes, (bytes, bytearray)):
+        return base64.b64encode(image_or_bytes).decode()
+    buffer = io.BytesIO()
+    image_or_bytes.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def gif_frames(path):
+    from PIL import Image, ImageSequence
+
+    return [list(frame.convert("RGB").getdata()) for frame in ImageSequence.Iterator(Image.open(path))]
+
+
+def pasted_values(host: Host, text: str) -> Dict[str, Any]:
+    """What the UI's paste puts into each of the panel's pasteable controls (None: left as it is)."""
+    from i4vgen_ext.webui.infotext import PASTE_NAMES
+    from modules import infotext_utils
+
+    script = host.script("txt2img", "I4VGen")
+    values = infotext_utils.paste_func(script.infotext_fields, text)
+    names = [name for name in PASTE_NAMES if name != "ranker_path"]
+    return dict(zip(names, values))

@@ -6,37 +6,13 @@ import base64
 import io
 import json
 
+import gradio as gr
 import pytest
 from PIL import Image
 
 from i4vgen_ext.webui import job as i4vgen_job
-from i4vgen_ext.webui import ranking
-from i4vgen_ext.webui.args import UI_ORDER
 
-from .conftest import RankerStub, ad_args, make_p, run
-
-
-@pytest.fixture
-def stub(monkeypatch):
-    ranker = RankerStub()
-    monkeypatch.setattr(ranking, "default_loader", lambda name, **kw: (ranker, name))
-    return ranker
-
-
-def gif_frames(path):
-    from PIL import ImageSequence
-
-    return [list(frame.convert("RGB").getdata()) for frame in ImageSequence.Iterator(Image.open(path))]
-
-
-def pasted_values(host, text):
-    from modules import infotext_utils
-
-    script = host.script("txt2img", "I4VGen")
-    fields = script.infotext_fields
-    values = infotext_utils.paste_func(fields, text)
-    names = [name for name in UI_ORDER if name != "ranker_path"]
-    return dict(zip(names, values))
+from .conftest import ad_args, gif_frames, make_p, pasted_values, run
 
 
 def test_infotext_written_and_pasted_back(host, stub):
@@ -54,7 +30,11 @@ def test_infotext_written_and_pasted_back(host, stub):
         chosen = record["chosen_anchor"]
         assert values == {"enable": True, "preset": "paper", "candidates": 3.0, "nivsds_fraction": 0.5,
                           "alpha_schedule": "4,2", "regen_strength": 0.75, "ranker": "imagereward",
-                          "ranker_fallback": "none", "anchor_index": float(chosen), "return_candidates": False}
+                          "ranker_fallback": "none", "anchor_index": float(chosen), "return_candidates": False,
+                          # an I4VGen-only run pastes the WebUI's own settings as their defaults
+                          "mode": "i4vgen", "anchor_sample": False, "evs_strength": 0.4, "evs_t2v_step": -1.0,
+                          "evs_video_strength": 0.3, "evs_video_steps": -1.0, "evs_fresh_bridge_noise": True,
+                          "evs_inversion": False, "anchor_image": gr.update(value=None)}  # no image: cleared
     # the pasted manual index reproduces the same video without ranking
     again = run(make_p(host, i4vgen=[True, "paper", 3, 0.5, "4,2", 0.75, "imagereward", "", "none", chosen, False],
                        ad=ad_args(batch_size=8)))

@@ -10,77 +10,12 @@ import torch
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import ranking
 
-from .conftest import RankerStub, ad_args, make_p, run
-
-STAGE_TEXT = {"anchors": "I4VGen: anchor images", "ranking": "I4VGen: ranking", "ni-vsds": "I4VGen: NI-VSDS",
-              "regeneration": "I4VGen: regeneration"}
+from .conftest import ad_args, assert_restored, make_p, run, stage_calls, trigger_in
 
 
 def i4v(candidates=3, anchor_index=-1, ranker="imagereward", fallback="error", regen=1.0, fraction=0.6,
         return_candidates=True, enable=True):
     return [enable, "official", candidates, fraction, "official", regen, ranker, "", fallback, anchor_index, return_candidates]
-
-
-@pytest.fixture
-def stub(monkeypatch):
-    ranker = RankerStub()
-    monkeypatch.setattr(ranking, "default_loader", lambda name, **kw: (ranker, name))
-    return ranker
-
-
-def stage_calls(model, stage):
-    return [entry for entry in model.unet_log if (entry[0] or "").startswith(STAGE_TEXT[stage])]
-
-
-def host_state(p, model):
-    """Everything I4VGen may touch, by identity where identity matters."""
-    from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
-
-    unet = model.model.diffusion_model
-    return {
-        "mm_injected": AnimateDiffMM.mm_injected,
-        "alphas": (id(model.alphas_cumprod), model.alphas_cumprod.clone()),
-        "alphas_original": id(model.alphas_cumprod_original),
-        "ad_prev_alphas": (id(mm_animatediff.prev_alpha_cumprod), id(mm_animatediff.prev_alpha_cumprod_original)),
-        "unet_layers": ([len(b) for b in unet.input_blocks], len(unet.middle_block), [len(b) for b in unet.output_blocks]),
-        "p_fields": {name: (id(vars(p).get(name)), repr(vars(p).get(name))) for name in i4vgen_job.BORROWED_FIELDS},
-        "p_rng": id(p.rng),
-        "p_seeds": list(p.seeds), "p_all_seeds": list(p.all_seeds),
-        "p_prompts": list(p.prompts), "p_c": id(p.c), "p_uc": id(p.uc),
-        "p_sample_replaced_by_host": "sample" in vars(p),
-        "cfg_scale": p.cfg_scale, "steps": p.steps, "sampler_name": p.sampler_name,
-    }
-
-
-@pytest.fixture
-def watch(monkeypatch):
-    """Host state just before I4VGen's sampling and just after it ends, however it ends."""
-    seen = []
-    original = i4vgen_job.sample_batch
-
-    def spy(p, plan, cache):
-        from modules import shared
-
-        before = host_state(p, shared.sd_model)
-        try:
-            return original(p, plan, cache)
-        finally:
-            seen.append((before, host_state(p, shared.sd_model)))
-
-    monkeypatch.setattr(i4vgen_job, "sample_batch", spy)
-    return seen
-
-
-def assert_restored(seen, p):
-    assert seen, "I4VGen's sampling never ran"
-    for before, after in seen:
-        assert before["mm_injected"] is True
-        for key in before:
-            if key == "alphas":
-                assert before[key][0] == after[key][0] and torch.equal(before[key][1], after[key][1])
-            elif key != "p_sample_replaced_by_host":
-                assert before[key] == after[key], key
-    assert "sample" not in vars(p)  # p.sample is the class's again
 
 
 def test_full_job_stages_and_outputs(host, stub, watch):
@@ -261,31 +196,6 @@ def test_missing_ranker_weights_follow_the_fallback(host, monkeypatch):
 
 
 # Errors, interrupts and skips in every stage: the host is put back ---------------------------------------------------
-def trigger_in(monkeypatch, host, stub, stage, action):
-    from modules import shared
-
-    def fire():
-        if action == "interrupt":
-            shared.state.interrupt()
-        elif action == "skip":
-            shared.state.skip()
-        else:
-            raise RuntimeError(f"boom in {stage}")
-
-    if stage == "ranking":
-        stub.hook = fire
-        return
-    model = host.model
-    original = model.apply_model
-
-    def apply_model(x, t, cond):
-        if (shared.state.textinfo or "").startswith(STAGE_TEXT[stage]):
-            fire()
-        return original(x, t, cond)
-
-    monkeypatch.setattr(model, "apply_model", apply_model)
-
-
 @pytest.mark.parametrize("stage", ["anchors", "ranking", "ni-vsds", "regeneration"])
 @pytest.mark.parametrize("action", ["interrupt", "skip", "error"])
 def test_host_restored_after_interrupt_skip_and_error(host, stub, watch, monkeypatch, stage, action):

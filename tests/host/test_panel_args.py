@@ -7,6 +7,9 @@ import pytest
 
 from i4vgen_ext.settings import METHOD_FIELDS, SettingsError
 from i4vgen_ext.webui.args import UI_ORDER, is_enabled, parse_script_args
+from i4vgen_ext.webui.fields import EXTRA_NAMES
+
+from .conftest import b64, gradient
 
 FULL = [True, "paper", 5, 0.5, "4,2", 0.8, "clip", "/models/clip", "none", 2, True]
 
@@ -14,12 +17,18 @@ FULL = [True, "paper", 5, 0.5, "4,2", 0.8, "clip", "/models/clip", "none", 2, Tr
 def test_panel_controls_follow_ui_order_with_safe_defaults(host):
     script = host.script("txt2img", "I4VGen")
     controls = host.runners["txt2img"].inputs[script.args_from:script.args_to]
-    assert len(controls) == len(UI_ORDER) == len(METHOD_FIELDS) + 2
+    assert len(controls) == len(UI_ORDER) == len(METHOD_FIELDS) + 2 + len(EXTRA_NAMES)
+    assert UI_ORDER[-len(EXTRA_NAMES):] == EXTRA_NAMES  # appended: older positional API calls still line up
     defaults = host.defaults["txt2img"][script.args_from:script.args_to]
     assert defaults[0] is False  # API requests that do not mention I4VGen leave it off
-    assert dict(zip(UI_ORDER, defaults))["preset"] == "official"
-    assert dict(zip(UI_ORDER, defaults))["candidates"] == 16
-    assert parse_script_args(defaults).enable is False
+    named = dict(zip(UI_ORDER, defaults))
+    assert named["preset"] == "official" and named["candidates"] == 16
+    assert named["mode"] == "i4vgen" and named["anchor_image"] is None and named["anchor_sample"] is False
+    assert {name: named[name] for name in EXTRA_NAMES if name.startswith("evs_")} == {
+        "evs_strength": 0.4, "evs_t2v_step": -1, "evs_video_strength": 0.3, "evs_video_steps": -1,
+        "evs_fresh_bridge_noise": True, "evs_inversion": False}
+    request = parse_script_args(defaults)
+    assert request.enable is False and request.mode == "i4vgen" and request.anchor_image is None
     assert script.infotext_fields and all(callable(key) for _, key in script.infotext_fields)
 
 
@@ -74,6 +83,16 @@ def test_dict_missing_keys_take_defaults_and_json_types_are_coerced():
     ({"enable": True, "ranker": "hps"}, "ranker"),
     ({"enable": "maybe"}, "enable"),
     ({"enable": True, "anchor_index": 2.5}, "anchor_index"),
+    ({"enable": True, "mode": "plain"}, "mode"),
+    ({"enable": True, "anchor_image": 12}, "anchor_image"),
+    ({"enable": True, "anchor_image": "data:image/png;base64,%%%"}, "anchor_image"),
+    ({"enable": True, "anchor_sample": "yes"}, "anchor_sample"),
+    ({"enable": True, "evs_strength": 0}, "evs_strength"),
+    ({"enable": True, "evs_video_strength": 1.5}, "evs_video_strength"),
+    ({"enable": True, "evs_t2v_step": -2}, "evs_t2v_step"),
+    ({"enable": True, "evs_video_steps": 1.5}, "evs_video_steps"),
+    ({"enable": True, "evs_inversion": "maybe"}, "evs_inversion"),
+    ({"enable": True, "evs_sfi": True}, "evs_sfi"),  # CLI only for now: refused, never silently ignored
 ])
 def test_bad_values_name_their_key(values, key):
     with pytest.raises(SettingsError) as error:
@@ -107,3 +126,25 @@ def test_install_adds_only_missing_packages_under_host_pins(tmp_path, monkeypatc
     assert "transformers==4.30.2" in calls[0][1] and "numpy==1.26.2" in calls[0][1]
     assert install.install(run_pip, lambda name: True, reqs) == []  # nothing missing: pip never runs
     assert install.missing(["torch>=2.1"], lambda name: False) == []  # torch is the WebUI's choice
+
+
+def test_anchor_image_forms_parse_to_the_same_request():
+    image = gradient(80, 48)
+    forms = [image, b64(image), "data:image/png;base64," + b64(image), "data:image/png;base64,\n" + b64(image)[:40]
+             + "\n" + b64(image)[40:], b64(image.convert("RGBA"))]
+    requests = [parse_script_args([{"enable": True, "anchor_image": form}]) for form in forms]
+    assert all(request == requests[0] for request in requests)
+    assert requests[0].anchor_image.mode == "RGB" and requests[0].anchor_label.startswith("80x48 sha256:")
+    assert parse_script_args([{"enable": True, "anchor_image": ""}]).anchor_image is None  # empty: no image
+
+
+def test_evs_settings_parse_from_api_types():
+    request = parse_script_args([{"enable": True, "mode": "i4vgen+evs", "evs_strength": "0.5", "evs_t2v_step": 2.0,
+                                  "evs_video_steps": "3", "evs_fresh_bridge_noise": "false", "evs_inversion": 1}])
+    assert request.runs_i4vgen and request.runs_evs
+    assert (request.evs.strength, request.evs.t2v_step, request.evs.video_strength, request.evs.video_steps,
+            request.evs.fresh_bridge_noise, request.evs.inversion) == (0.5, 2, 0.3, 3, False, True)
+    assert request.extra_record() == {"mode": "i4vgen+evs", "evs_strength": 0.5, "evs_t2v_step": 2,
+                                      "evs_video_strength": 0.3, "evs_video_steps": 3,
+                                      "evs_fresh_bridge_noise": False, "evs_inversion": True}
+    assert parse_script_args([{"enable": True}]).extra_record() == {"mode": "i4vgen"}

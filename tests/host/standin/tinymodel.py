@@ -4,7 +4,8 @@ Shaped like ldm's ``LatentDiffusion`` as A1111 uses it: ``model.diffusion_model`
 3-layer ``middle_block`` and 12 ``output_blocks`` of ``TimestepEmbedSequential`` (so AnimateDiff's stand-in
 injects its motion layers at the real indices), ``apply_model(x, t, cond={"c_crossattn": [...]})`` returns eps,
 ``alphas_cumprod``/``alphas_cumprod_original`` hold SD's scaled-linear schedule, ``get_learned_conditioning`` is a
-tiny hashed text encoder, ``decode_first_stage`` a tiny VAE decoder. Every UNet forward is logged with the job
+tiny hashed text encoder, ``decode_first_stage`` a tiny VAE decoder, ``encode_first_stage`` /
+``get_first_stage_encoding`` a tiny VAE encoder with ldm's posterior and ``scale_factor``. Every UNet forward is logged with the job
 text, batch size, motion-module calls and active LoRA, so tests can see what each stage ran."""
 from __future__ import annotations
 
@@ -99,14 +100,38 @@ class TinyTextEncoder(nn.Module):
         return torch.stack(rows)
 
 
+class DiagonalGaussianDistribution:
+    """ldm ``modules/distributions/distributions.py``: ``mean``/``logvar`` halves of the encoder output, ``std``,
+    ``sample()`` with the global torch RNG, ``mode()`` = the mean."""
+
+    def __init__(self, parameters):
+        self.parameters = parameters
+        self.mean, self.logvar = torch.chunk(parameters, 2, dim=1)
+        self.logvar = torch.clamp(self.logvar, -30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def sample(self):
+        return self.mean + self.std * torch.randn(self.mean.shape).to(device=self.parameters.device)
+
+    def mode(self):
+        return self.mean
+
+
 class TinyDecoder(nn.Module):
+    """The first-stage model: ``decode`` (via ``forward``) and ldm ``AutoencoderKL.encode`` -> a posterior."""
+
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(4, 3, 3, padding=1)
+        self.encoder = nn.Conv2d(3, 8, 8, stride=8)
         self.dtype = torch.float32
 
     def forward(self, z):
         return torch.tanh(torch.nn.functional.interpolate(self.conv(z), scale_factor=8, mode="nearest"))
+
+    def encode(self, x):
+        return DiagonalGaussianDistribution(self.encoder(x))
 
 
 class TinyLatentDiffusion(nn.Module):
@@ -131,7 +156,9 @@ class TinyLatentDiffusion(nn.Module):
         self.sd_checkpoint_info = SimpleNamespace(name_for_extra="tiny", short_title="tiny")
         self.sd_model_hash = "00000000"
         self.network_layer_mapping = {}
+        self.scale_factor = 0.18215
         self.unet_log = []  # (job text, batch, motion-module calls, active lora)
+        self.encode_log = []  # every encode_first_stage input
         self.eval()
 
     def ema_scope(self):
@@ -155,3 +182,19 @@ class TinyLatentDiffusion(nn.Module):
     @torch.no_grad()
     def decode_first_stage(self, z):
         return self.first_stage_model(z)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x):
+        self.encode_log.append(x.clone())
+        return self.first_stage_model.encode(x)
+
+    @torch.no_grad()
+    def get_first_stage_encoding(self, encoder_posterior):
+        """ldm ``LatentDiffusion.get_first_stage_encoding``: a posterior is sampled, a tensor used as is."""
+        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
+            z = encoder_posterior.sample()
+        elif isinstance(encoder_posterior, torch.Tensor):
+            z = encoder_posterior
+        else:
+            raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
+        return self.scale_factor * z

@@ -1,11 +1,16 @@
 """Follows ``modules/infotext_utils.py``: ``quote``/``unquote``, ``re_param``, ``parse_generation_parameters``
 (prompt lines, "Negative prompt:", the last line's ``key: value`` pairs, quoted values unquoted), ``PasteField``
 and the UI paste (``connect_paste`` -> ``paste_func``: parse, ``infotext_pasted_callback``, then per field
-``key(params)`` for callables or ``params[key]``, converted to the type of the component's ``.value``)."""
+``key(params)`` for callables or ``params[key]``, a ``gr.update`` passed through as it is, anything else converted
+to the type of the component's ``.value``)."""
 import json
 import re
 
+import gradio as gr
+
 from modules import script_callbacks
+
+type_of_gr_update = type(gr.update())
 
 re_param_code = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
 re_param = re.compile(re_param_code)
@@ -76,6 +81,9 @@ def paste_func(paste_fields, prompt):
         v = key(params) if callable(key) else params.get(key, None)
         if v is None:
             res.append(None)
+            continue
+        if isinstance(v, type_of_gr_update):
+            res.append(v)
             continue
         try:
             valtype = type(output.value)

@@ -1,0 +1,89 @@
+"""The user's anchor image in the WebUI: read from the panel (PIL) or the API (base64), encoded by the host's VAE.
+
+Encoding follows A1111's own image-to-latent path (``modules/sd_samplers_common.py`` ``images_tensor_to_samples``,
+"Full" method): pixels in [0, 1] -> ``* 2 - 1`` on ``shared.device`` in ``devices.dtype_vae``, then
+``sd_model.get_first_stage_encoding(sd_model.encode_first_stage(x))``. ldm's ``encode_first_stage`` returns a
+``DiagonalGaussianDistribution`` and ``get_first_stage_encoding`` samples it with the global torch RNG and
+multiplies by ``scale_factor`` (0.18215). We hand it the posterior mean (a tensor passes through unsampled) or a
+sample drawn from a CPU generator seeded with the batch seed, so the anchor latent is reproducible."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import Any, Optional
+
+import torch
+from PIL import Image
+
+from ..anchor_image import fit_to_video, load_anchor_image
+from ..settings import SettingsError
+from . import shim
+
+DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
+
+
+def decode_anchor_arg(value: Any) -> Optional[Image.Image]:
+    """The anchor image as 8-bit RGB, or None when none was given. Raises a ``SettingsError`` naming
+    ``anchor_image`` for anything unreadable. Strings are base64 (never file paths: the API must not read the
+    server's files)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Image.Image):
+        return load_anchor_image(value)
+    if isinstance(value, str):
+        text = "".join(DATA_URL.sub("", value.strip(), count=1).split())
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise SettingsError("anchor_image", f"<text of {len(value)} characters>",
+                                "a base64-encoded image file (PNG, JPEG, WebP, ...), optionally as a data: URL") from None
+        return _from_bytes(data)
+    if isinstance(value, (bytes, bytearray)):
+        return _from_bytes(bytes(value))
+    raise SettingsError("anchor_image", type(value).__name__, "an image or a base64-encoded image file")
+
+
+def _from_bytes(data: bytes) -> Image.Image:
+    if not data:
+        raise SettingsError("anchor_image", "<0 bytes>", "a non-empty image file")
+    try:
+        return load_anchor_image(data)
+    except SettingsError as error:
+        raise SettingsError("anchor_image", f"<image file of {len(data)} bytes>", error.allowed) from None
+    except Image.DecompressionBombError as error:
+        raise SettingsError("anchor_image", f"<image file of {len(data)} bytes>", f"a smaller image ({error})") from None
+
+
+def describe_anchor(image: Image.Image) -> str:
+    """What the infotext records about the image: its size and a short hash of its RGB pixels."""
+    digest = hashlib.sha256(image.tobytes()).hexdigest()[:12]
+    return f"{image.width}x{image.height} sha256:{digest}"
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (1, 3, H, W) float in [0, 1]."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.view(image.height, image.width, 3).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+@torch.no_grad()
+def encode_anchor(p: Any, image: Image.Image, *, sample: bool, seed: int) -> torch.Tensor:
+    """The anchor latent (4, h, w), float32, scaled like the host's own latents, for a ``p.width x p.height`` video."""
+    devices = shim.devices()
+    model = p.sd_model
+    fitted = fit_to_video(image, int(p.width), int(p.height))
+    x = image_to_tensor(fitted).to(device=shim.shared().device, dtype=devices.dtype_vae) * 2 - 1
+    posterior = model.encode_first_stage(x)
+    if isinstance(posterior, torch.Tensor):  # a deterministic encoder: nothing to sample
+        z = posterior
+    elif not sample:
+        z = posterior.mode()
+    elif hasattr(posterior, "std"):
+        generator = torch.Generator(device="cpu").manual_seed(int(seed) % 2**64)
+        noise = torch.randn(tuple(posterior.mean.shape), generator=generator, dtype=torch.float32)
+        z = posterior.mean + posterior.std * noise.to(device=posterior.mean.device, dtype=posterior.mean.dtype)
+    else:
+        z = posterior.sample()
+    return model.get_first_stage_encoding(z)[0].float()
