@@ -100,6 +100,15 @@ def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
                      help="Reuse the SDEdit noise for both bridges instead of fresh draws.")
     evs.add_argument("--evs-inversion", action="store_true",
                      help="Reach t_V by DDIM inversion with the video model (no CFG) instead of SDEdit noising.")
+    evs.add_argument("--evs-sfi", action="store_true",
+                     help="Selective Feature Injection (needs --evs-inversion): the video steps attend with the "
+                          "inversion's K, V and a gamma-mix of its Q in the chosen spatial self-attention layers.")
+    evs.add_argument("--evs-sfi-gamma", type=float, default=0.8,
+                     help="gamma in [0, 1]: weight of the inversion's query (paper: 0.8 for deep layers, 0.5 for "
+                          "shallow ones; 1 with all layers = maximal reconstruction).")
+    evs.add_argument("--evs-sfi-layers", default="deep",
+                     help="Layers to inject: deep (mid block + lowest-resolution blocks), shallow (highest-resolution "
+                          "blocks), all, or a comma list of UNet module-name prefixes (e.g. mid_block,up_blocks.1).")
 
 
 def evs_settings_from_args(args: argparse.Namespace):
@@ -107,7 +116,8 @@ def evs_settings_from_args(args: argparse.Namespace):
 
     return EVSSettings(strength=args.evs_strength, t2v_step=args.evs_t2v_step, video_strength=args.evs_video_strength,
                        video_steps=args.evs_video_steps, fresh_bridge_noise=not args.evs_reuse_bridge_noise,
-                       inversion=args.evs_inversion)
+                       inversion=args.evs_inversion, sfi=args.evs_sfi, sfi_gamma=args.evs_sfi_gamma,
+                       sfi_layers=args.evs_sfi_layers)
 
 
 def parse_formats(text: str) -> List[str]:

@@ -14,13 +14,23 @@ The EVS authors' code is not public; these choices are OURS and every one is a s
 * the block's output is re-noised to the SAME T2I timestep and that step is evaluated again (one extra image
   call): Algorithm 1 re-noises to t_T2V, so the T2I loop resumes there;
 * bridge noises are fresh draws (``fresh_bridge_noise``); off reuses the SDEdit noise for both bridges;
-* ``inversion`` (off): reach t_V by DDIM inversion with the video model instead of SDEdit noising.
+* ``inversion`` (off): reach t_V by DDIM inversion with the video model instead of SDEdit noising;
+* ``sfi`` (off, needs ``inversion``): Selective Feature Injection (the paper's Eq. 11). The inversion records the
+  spatial self-attention Q, K, V of the ``sfi_layers``; during the n_V video steps those layers attend with
+  (``sfi_gamma``*Q_inv + (1 - gamma)*Q, K_inv, V_inv). The paper's balance points: gamma 0.8 in the deep layers (our
+  default), 0.5 in the shallow ones; gamma 1 in all layers is its "upper limit of reconstruction". It needs a
+  denoiser with the optional ``record_attention`` / ``inject_attention`` capability (see ``denoiser.py``) and costs
+  no UNet call. The paper also injects conv features f; we inject attention only. Memory: only the records of the
+  n_V timesteps are kept, on the model's device (SD1.5, 512x512, 16 frames, fp16, no-CFG inversion: about 0.17 GB
+  per timestep for "deep", 1.1 GB for "all").
 With n_V = 0 (or t2v_step = 0) no block runs and EVS is plain SDEdit in image mode.
 """
 from __future__ import annotations
 
+import re
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -30,6 +40,22 @@ from .settings import SettingsError
 
 
 DEFAULT_VIDEO_STEPS = 4
+SFI_LAYER_PRESETS = ("deep", "shallow", "all")
+SFI_LAYERS_ALLOWED = ('"deep" (mid block + lowest-resolution blocks), "shallow" (highest-resolution blocks), "all", '
+                      'or a comma list of UNet module-name prefixes such as "mid_block,up_blocks.1"')
+_MODULE_PREFIX = re.compile(r"^[A-Za-z_]\w*(?:\.\w+)*$")
+
+
+def parse_sfi_layers(text: str) -> Union[str, Tuple[str, ...]]:
+    """A layer selection: one of ``SFI_LAYER_PRESETS``, or the tuple of module-name prefixes of a comma list."""
+    if not isinstance(text, str):
+        raise ValueError(f"a layer selection is a string, got {text!r}")
+    if text.strip() in SFI_LAYER_PRESETS:
+        return text.strip()
+    prefixes = tuple(p.strip() for p in text.split(","))
+    if not all(_MODULE_PREFIX.match(p) for p in prefixes):
+        raise ValueError(f"not a layer selection: {text!r}")
+    return prefixes
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,9 @@ class EVSSettings:
     video_steps: int = -1  # -1: min(4, int(S * video_strength))
     fresh_bridge_noise: bool = True
     inversion: bool = False
+    sfi: bool = False
+    sfi_gamma: float = 0.8
+    sfi_layers: str = "deep"
 
     def __post_init__(self) -> None:
         for name in ("strength", "video_strength"):
@@ -50,6 +79,18 @@ class EVSSettings:
             raise SettingsError("evs_video_steps", self.video_steps, "-1 (auto) or an integer >= 0")
         if isinstance(self.t2v_step, bool) or not isinstance(self.t2v_step, int) or self.t2v_step < -1:
             raise SettingsError("evs_t2v_step", self.t2v_step, "-1 (middle), 0 (no block) or a T2I step number >= 1")
+        if not isinstance(self.sfi, bool):
+            raise SettingsError("evs_sfi", self.sfi, "true or false")
+        if self.sfi and not self.inversion:
+            raise SettingsError("evs_sfi", self.sfi, "false unless evs_inversion is on (SFI injects the features that "
+                                                     "the DDIM inversion records)")
+        gamma = self.sfi_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+            raise SettingsError("evs_sfi_gamma", gamma, "a number in [0, 1]")
+        try:
+            parse_sfi_layers(self.sfi_layers)
+        except ValueError:
+            raise SettingsError("evs_sfi_layers", self.sfi_layers, SFI_LAYERS_ALLOWED) from None
 
     def plan(self, steps: int) -> Dict[str, int]:
         """Step counts for S sampling steps: T2I steps, the block's step number, t_V's index and n_V."""
@@ -116,9 +157,16 @@ def _ddim(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev_t: int, ac:
 
 @torch.no_grad()
 def ddim_invert(
-    denoiser: Denoiser, x0: torch.Tensor, up_to_index: int, *, video: bool, callback: Optional[StepCallback] = None
+    denoiser: Denoiser, x0: torch.Tensor, up_to_index: int, *, video: bool, callback: Optional[StepCallback] = None,
+    attention_store=None,
 ) -> torch.Tensor:
-    """Deterministic DDIM inversion from a clean latent to ``timesteps[up_to_index]``."""
+    """Deterministic DDIM inversion from a clean latent to ``timesteps[up_to_index]``.
+
+    ``attention_store`` (from the denoiser's ``record_attention``): each step's features are filed under the level
+    the step REACHES, not the timestep it evaluates the model at. The step up to level t uses the prediction at the
+    level below (t_eval), and the denoising step at t undoes exactly that step when it predicts the same noise; so
+    the features behind that prediction are the ones to inject at t. It also gives t_V, which the inversion never
+    evaluates the model at, a record: every timestep the video steps visit has one."""
     ts = list(denoiser.timesteps)
     ac = denoiser.alphas_cumprod
     path = ts[up_to_index:][::-1]  # ascending
@@ -126,7 +174,8 @@ def ddim_invert(
     for i, t in enumerate(path):
         # The prediction at the previous (lower) level drives the step up to t, as in DDIM inversion.
         t_eval = path[i - 1] if i > 0 else t
-        eps = denoiser.predict_noise(x, t_eval, video=video)
+        with nullcontext() if attention_store is None else attention_store.filed_under(t):
+            eps = denoiser.predict_noise(x, t_eval, video=video)
         a = ac[t]
         x0_hat = (x - (1 - prev_a) ** 0.5 * eps) / prev_a**0.5
         x = a**0.5 * x0_hat + (1 - a) ** 0.5 * eps
@@ -146,6 +195,9 @@ def evs_refine(
     callback: Optional[StepCallback] = None,
 ) -> EVSResult:
     """Refine ``video`` (1, 4, F, h, w) with T2I + [T2V] + T2I. Returns the latents and the UNet calls per kind."""
+    if settings.sfi:
+        _check_sfi_capability(denoiser, "denoiser")
+        _check_sfi_capability(inversion_denoiser or denoiser, "inversion denoiser")
     ts = list(denoiser.timesteps)
     ac = denoiser.alphas_cumprod
     plan = settings.plan(len(ts))
@@ -173,23 +225,44 @@ def evs_refine(
     return EVSResult(_video(z), calls, {"image": image_run, "video": video_run}, z0_i, z0_iv)
 
 
+def _check_sfi_capability(denoiser, role: str) -> None:
+    if not all(callable(getattr(denoiser, m, None)) for m in ("record_attention", "inject_attention")):
+        raise SettingsError("evs_sfi", True, f"false with this backbone: its {role} ({type(denoiser).__name__}) "
+                                             "cannot record and inject attention features")
+
+
+def _sfi_recording(inverter, settings: EVSSettings, video_run: List[int]):
+    try:  # only the n_V levels the video steps visit are kept
+        return inverter.record_attention(settings.sfi_layers, timesteps=video_run)
+    except ValueError as error:  # a layer list the model does not have
+        raise SettingsError("evs_sfi_layers", settings.sfi_layers, str(error)) from None
+
+
 def _video_block(denoiser, z0_i, noise, video_run, plan, settings, calls, inversion_denoiser, callback):
     ac = denoiser.alphas_cumprod
+    injection = nullcontext()
     if settings.inversion:
         inverter = inversion_denoiser or denoiser
         before = inverter.unet_calls
-        zv = ddim_invert(inverter, z0_i, plan["video_start_index"], video=True, callback=callback)
+        if settings.sfi:
+            with _sfi_recording(inverter, settings, video_run) as store:
+                zv = ddim_invert(inverter, z0_i, plan["video_start_index"], video=True, callback=callback,
+                                 attention_store=store)
+            injection = denoiser.inject_attention(store, settings.sfi_gamma, settings.sfi_layers)
+        else:
+            zv = ddim_invert(inverter, z0_i, plan["video_start_index"], video=True, callback=callback)
         calls["inversion"] += inverter.unet_calls - before
     else:
         zv = add_noise(z0_i, noise, video_run[0], ac)
     ts = list(denoiser.timesteps)
     x0 = z0_i
-    for i, t in enumerate(video_run):
-        eps = denoiser.predict_noise(zv, t, video=True)
-        calls["video"] += 1
-        x0 = x0_from_eps(zv, eps, t, ac)
-        k = ts.index(t)
-        prev_t = ts[k + 1] if k + 1 < len(ts) else -1
-        zv = _ddim(zv, x0, eps, prev_t, ac)
-        notify(callback, "evs-video", i + 1, len(video_run), t)
+    with injection:
+        for i, t in enumerate(video_run):
+            eps = denoiser.predict_noise(zv, t, video=True)
+            calls["video"] += 1
+            x0 = x0_from_eps(zv, eps, t, ac)
+            k = ts.index(t)
+            prev_t = ts[k + 1] if k + 1 < len(ts) else -1
+            zv = _ddim(zv, x0, eps, prev_t, ac)
+            notify(callback, "evs-video", i + 1, len(video_run), t)
     return x0

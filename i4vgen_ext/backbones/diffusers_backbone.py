@@ -23,6 +23,7 @@ from PIL import Image
 from ..denoiser import StepCallback
 from ..sampling import sample_ddim
 from ..schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
+from .feature_injection import AttentionStore, SelfAttentionFeatures
 from .loading import ModelParts, load_model_parts
 from .lora import fuse_lora, lora_targets, read_lora
 
@@ -166,7 +167,10 @@ class DiffusersDenoiser:
 
     Classifier-free guidance is the official one: [uncond, cond] in ONE UNet call, eps = u + g * (c - u);
     ``guidance <= 1`` runs a single conditional pass. ``unet_calls`` counts UNet forwards actually run: with
-    ``image_batch_size`` smaller than N, one image-mode step costs ceil(N / image_batch_size) calls."""
+    ``image_batch_size`` smaller than N, one image-mode step costs ceil(N / image_batch_size) calls.
+
+    It has the optional attention capability (``record_attention`` / ``inject_attention``, EVS's Selective Feature
+    Injection; see ``feature_injection``), which acts on its own video-mode calls only."""
 
     def __init__(self, backbone: DiffusersBackbone, prompt: str, negative_prompt: str, guidance: float, steps: int,
                  *, image_batch_size: Optional[int] = None) -> None:
@@ -184,6 +188,7 @@ class DiffusersDenoiser:
         cond = backbone.encode_text(prompt)
         self.embeddings = torch.cat([backbone.encode_text(negative_prompt), cond]) if self.do_cfg else cond
         self.unet_calls = 0
+        self._attention = SelfAttentionFeatures(backbone.unet)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -198,11 +203,22 @@ class DiffusersDenoiser:
         if video:
             if x.ndim != 5:
                 raise ValueError(f"video mode takes (B, 4, F, h, w) latents, got {tuple(x.shape)}")
-            return self._guided(self.backbone.unet, x, t, frames=x.shape[2])
+            with self._attention.during_call(t):
+                return self._guided(self.backbone.unet, x, t, frames=x.shape[2])
         if x.ndim != 4:
             raise ValueError(f"image mode takes (N, 4, h, w) latents, got {tuple(x.shape)}")
         size = self.image_batch_size or x.shape[0]
         return torch.cat([self._guided(self.backbone.image_unet, chunk, t, frames=None) for chunk in x.split(size)])
+
+    def record_attention(self, layers: str = "all", *, timesteps: Optional[Sequence[int]] = None):
+        """Context manager yielding an ``AttentionStore`` of the spatial self-attention Q, K, V of ``layers`` in
+        this denoiser's video-mode calls; ``timesteps``: keep only the records filed under these."""
+        return self._attention.record(layers, timesteps=timesteps)
+
+    def inject_attention(self, store: AttentionStore, gamma: float, layers: str = "all"):
+        """Context manager: video-mode calls at timestep t attend with gamma*Q_inv + (1-gamma)*Q, K_inv, V_inv in
+        ``layers``, reading ``store``'s records filed under t (EVS Eq. 11)."""
+        return self._attention.inject(store, gamma, layers)
 
     def _guided(self, unet, x: torch.Tensor, t: int, *, frames: Optional[int]) -> torch.Tensor:
         backbone = self.backbone
