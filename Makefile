@@ -24,7 +24,7 @@ $(HOST)/.ok: pyproject.toml
 venvs: $(VENV)/.ok $(HOST)/.ok
 
 demo: $(VENV)/.ok
-	$(VENV)/bin/i4vgen generate --prompt "a corgi running on the beach" --out out/demo
+	$(VENV)/bin/i4vgen generate --prompt "a corgi running on the beach" --out out/demo --ranker none
 
 test-standalone: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone

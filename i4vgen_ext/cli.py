@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .settings import FIELD_BY_NAME, PRESETS, RANKERS, FALLBACKS, I4VGenSettings, SettingsError
 from .outputs import VIDEO_FORMATS
+from .rankers.base import RankerLoadError
 
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("i4vgen", "plain", "i4vgen+evs", "plain+evs")
@@ -180,6 +182,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except SettingsError as err:
         print(f"i4vgen: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RankerLoadError) as err:  # a model or ranker that cannot load: says what to do
+        if os.environ.get("I4VGEN_DEBUG"):
+            raise
+        print(f"i4vgen: error: {err}\n(set I4VGEN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

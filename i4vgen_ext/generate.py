@@ -82,16 +82,16 @@ def generate(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()
 
-    # 2. Load the model (and the ranker, unless nothing is ranked).
+    # 2. Load the ranker (first: missing weights should fail fast), unless nothing is ranked, then the model.
+    ranked = args.mode.startswith("i4vgen") and anchor_image is None
+    with timer("load_ranker"):
+        ranker, ranker_label = _load_ranker(settings, args.device) if ranked else (None, "not used")
     with timer("load_model"):
         backbone = _load_backbone(args, loras)
     width, height = backbone.default_size
     settings = settings.replace(width=settings.width or width, height=settings.height or height)
     if backbone.description.get("demo"):
         print(f"i4vgen: using the {backbone.description['name']}; pass --model for real videos")
-    ranked = args.mode.startswith("i4vgen") and anchor_image is None
-    with timer("load_ranker"):
-        ranker, ranker_label = _load_ranker(settings, args.device) if ranked else (None, "not used")
 
     # 3. Noise in the contract's order, the anchor if one was given, the denoiser.
     scale = backbone.vae_scale_factor

@@ -151,3 +151,12 @@ def test_refine_a_video_file_of_odd_size(tmp_path):
     assert load_file(out / "latents.safetensors")["final"].shape == (1, 4, 5, 8, 8)
     with Image.open(out / "video.gif") as gif:
         assert gif.n_frames == 5
+
+
+def test_missing_ranker_weights_fail_fast_with_the_named_error(tmp_path, capsys, monkeypatch):
+    import i4vgen_ext.generate as job
+
+    monkeypatch.setattr(job, "_load_backbone", lambda *a: pytest.fail("model loaded before the ranker failed"))
+    code, out = _run(tmp_path, "--ranker", "imagereward", "--ranker-path", str(tmp_path / "nowhere"))
+    err = capsys.readouterr().err
+    assert code == 2 and "imagereward" in err and "nowhere" in err and "Traceback" not in err
