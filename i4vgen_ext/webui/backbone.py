@@ -11,6 +11,8 @@
   shared ``MotionSwitch`` and evaluates the frames as separate images, in chunks of AnimateDiff's context size.
   Which stage a call belongs to follows from ``phase`` ("i4vgen": NI-VSDS; "evs": EVS image or video steps;
   "evs-inversion": the inversion denoiser) and the mode.
+* EVS's Selective Feature Injection: ``record_attention`` / ``inject_attention`` (the optional capability of
+  ``i4vgen_ext.denoiser``) act on this denoiser's own video-mode ``predict_noise`` calls only (``attention.py``).
 * Video mode, regeneration: ``p.sampler.sample_img2img`` with ``p.denoising_strength`` borrowed so the user's
   sampler and scheduler run the last ``n_re`` steps from the given noise.
 
@@ -30,6 +32,7 @@ from ..schedule import sampling_timesteps
 from ..settings import I4VGenSettings
 from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
+from .attention import HostAttentionFeatures
 
 
 # (phase, video mode) -> the stage a single noise prediction belongs to.
@@ -110,6 +113,7 @@ class HostDenoiser:
         self.phase = phase
         self.guidance = guidance  # None: the job's CFG scale
         self._samplers: Dict[str, Any] = {}
+        self._attention = HostAttentionFeatures(lambda: self.p.sd_model.model.diffusion_model)
 
     def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
         """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
@@ -155,6 +159,13 @@ class HostDenoiser:
         with borrowed(sampler, callback_state=on_step):
             yield
 
+    # Optional capability: EVS's Selective Feature Injection ---------------------------------------------------
+    def record_attention(self, layers: str = "all", *, timesteps: Optional[Sequence[int]] = None):
+        return self._attention.record(layers, timesteps=timesteps)
+
+    def inject_attention(self, store: Any, gamma: float, layers: str = "all"):
+        return self._attention.inject(store, gamma, layers)
+
     # Denoiser protocol ---------------------------------------------------------------------------------------
     def predict_noise(self, x: torch.Tensor, t: int, *, video: bool) -> torch.Tensor:
         stage = STAGES.get((self.phase, video))
@@ -168,7 +179,8 @@ class HostDenoiser:
             self.on_stage(stage)
         sampler = self._direct_sampler(stage, counted=video)
         if video:
-            eps = self._direct_eps(sampler, to_host_video(x).float(), t, self.p.c, self.p.uc)
+            with self._attention.during_call(t):
+                eps = self._direct_eps(sampler, to_host_video(x).float(), t, self.p.c, self.p.uc)
         else:
             eps = self._image_eps(sampler, x.float(), t)
             self.unet_calls += 1  # one CFG evaluation of all frames, however many chunks it took

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..evs import EVSSettings
+from ..evs import EVSSettings, parse_sfi_layers
 from ..settings import SettingsError
 
 MODES = ("i4vgen", "i4vgen+evs", "evs")
@@ -18,12 +18,14 @@ class IMAGE:
     """Kind of the anchor image field: a PIL image (panel) or a base64 string (API), decoded by ``anchor``."""
 
 _EVS = EVSSettings()
+SFI_LAYERS_ALLOWED = ('"deep", "shallow", "all", or a comma list of ldm module-name prefixes (input_blocks.N, '
+                      'middle_block, output_blocks.N), e.g. "middle_block,output_blocks.3"')
 
 
 @dataclass(frozen=True)
 class WebUIField:
     name: str
-    kind: Any  # bool, int, float, str or IMAGE
+    kind: Any  # bool, int, float, str (choices: a radio; none: free text) or IMAGE
     default: Any
     label: str
     help: str
@@ -61,6 +63,16 @@ EXTRA_FIELDS: Tuple[WebUIField, ...] = (
     WebUIField("evs_inversion", bool, _EVS.inversion, "DDIM inversion to t_V",
                "Reach t_V by DDIM inversion with the video model (no CFG, extra calls) instead of SDEdit noising.",
                evs="inversion"),
+    WebUIField("evs_sfi", bool, _EVS.sfi, "Selective Feature Injection (SFI)",
+               "Needs DDIM inversion: the video steps attend, in the chosen layers, with the inversion's spatial "
+               "self-attention K, V and the query gamma*Q_inv + (1-gamma)*Q (EVS Eq. 11). No extra UNet calls.",
+               evs="sfi"),
+    WebUIField("evs_sfi_gamma", float, _EVS.sfi_gamma, "SFI gamma",
+               "Query mix: 1 = the inversion's query; the paper's points: 0.8 deep, 0.5 shallow.", minimum=0.0,
+               maximum=1.0, step=0.05, evs="sfi_gamma"),
+    WebUIField("evs_sfi_layers", str, _EVS.sfi_layers, "SFI layers",
+               "deep (middle block + lowest-resolution input/output blocks), shallow (highest-resolution ones), "
+               "all, or ldm module-name prefixes such as middle_block,output_blocks.3.", evs="sfi_layers"),
 )
 EXTRA_BY_NAME: Dict[str, WebUIField] = {f.name: f for f in EXTRA_FIELDS}
 EXTRA_NAMES: Tuple[str, ...] = tuple(f.name for f in EXTRA_FIELDS)
@@ -94,8 +106,15 @@ def coerce_extra(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         kind = "an integer" if spec.kind is int else "a number"
         raise SettingsError(name, value, kind) from None
-    if not isinstance(value, str) or (spec.choices and value not in spec.choices):
+    if spec.choices and (not isinstance(value, str) or value not in spec.choices):
         raise SettingsError(name, value, "one of " + ", ".join(spec.choices))
+    if name == "evs_sfi_layers":
+        try:
+            parse_sfi_layers(value)
+        except ValueError:
+            raise SettingsError(name, value, SFI_LAYERS_ALLOWED) from None
+    elif not isinstance(value, str):
+        raise SettingsError(name, value, "text")
     return value
 
 

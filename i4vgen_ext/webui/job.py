@@ -28,6 +28,7 @@ from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
 from .anchor import encode_anchor
 from .args import ScriptArgs, build_settings, is_enabled, parse_script_args
+from .attention import select_layers
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
 from .infotext import INFOTEXT_KEY, infotext_value
 from .progress import StageProgress, jobs_per_batch, plan_job_count
@@ -131,6 +132,22 @@ def request_refusal(request: ScriptArgs, steps: int) -> Optional[str]:
     return None
 
 
+def sfi_refusal(request: ScriptArgs, p: Any, ad: AnimateDiffJob) -> Optional[str]:
+    """What stops EVS's Selective Feature Injection on this model and AnimateDiff setup (None when nothing)."""
+    if not (request.runs_evs and request.evs.sfi):
+        return None
+    if ad.video_length > ad.context_size:
+        return (f"I4VGen: bad argument 'evs_sfi': Selective Feature Injection needs AnimateDiff to see all "
+                f"{ad.video_length} frames in one context window (context batch size {ad.context_size}): its context "
+                "windows shift from step to step, so the inversion's features would not line up with the video "
+                "steps' frames. Raise the context batch size to the number of frames or turn SFI off.")
+    try:
+        select_layers(p.sd_model.model.diffusion_model, request.evs.sfi_layers)
+    except ValueError as error:
+        return f"I4VGen: bad argument 'evs_sfi_layers': {request.evs.sfi_layers!r}: {error}"
+    return None
+
+
 def resolve_settings(p: Any, request: ScriptArgs, default_preset: str, iteration_seed: int) -> I4VGenSettings:
     prompts = p.prompts if getattr(p, "prompts", None) else p.all_prompts
     negatives = p.negative_prompts if getattr(p, "negative_prompts", None) else p.all_negative_prompts
@@ -171,7 +188,7 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     except SettingsError as error:
         install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
         return None
-    reason = request_refusal(request, int(p.steps))
+    reason = request_refusal(request, int(p.steps)) or sfi_refusal(request, p, ad)
     if reason is not None:
         install_refusal(p, reason)
         return None

@@ -70,6 +70,8 @@ def extra_control(spec: WebUIField, elem_id: Any) -> Any:
         return gr.Radio(list(spec.choices), value=spec.default, info=spec.help, **common)
     if spec.kind is float:
         return gr.Slider(spec.minimum, spec.maximum, value=spec.default, step=spec.step, info=spec.help, **common)
+    if spec.kind is str:
+        return gr.Textbox(spec.default, info=spec.help, **common)
     return gr.Number(spec.default, precision=0, minimum=spec.minimum, info=spec.help, **common)
 
 
@@ -119,7 +121,7 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
         with gr.Accordion("EVS refinement (modes i4vgen+evs and evs)", open=False, elem_id=elem_id("evs_box")):
             gr.HTML("<p class='i4vgen-note'>T2I + [T2V] + T2I refinement of the finished video (EVS, Su et al. "
                     "2025). The EVS authors' code is not public: these defaults are ours.</p>")
-            for row in (EVS_FIELDS[:2], EVS_FIELDS[2:4], EVS_FIELDS[4:]):
+            for row in (EVS_FIELDS[:2], EVS_FIELDS[2:4], EVS_FIELDS[4:6], EVS_FIELDS[6:]):
                 with gr.Row():
                     for spec in row:
                         extras[spec.name] = extra_control(spec, elem_id)

@@ -1,6 +1,7 @@
 """The host-like harness: the stand-in WebUI (tests/host/standin) with the stand-in AnimateDiff and this
-extension loaded the way A1111 loads extensions, a tiny model as ``shared.sd_model``, and the txt2img/img2img
-script runners built inside a real gradio 3.41 ``gr.Blocks``. Runs only in .venv-host (no diffusers)."""
+extension loaded the way A1111 loads extensions, a tiny model as ``shared.sd_model`` with A1111's "sdp" attention
+optimization applied to ldm's ``CrossAttention`` class, and the txt2img/img2img script runners built inside a real
+gradio 3.41 ``gr.Blocks``. Runs only in .venv-host (no diffusers)."""
 from __future__ import annotations
 
 import copy
@@ -57,7 +58,7 @@ class RankerStub:
 def host() -> Host:
     import gradio as gr
 
-    from modules import script_callbacks, script_loading, scripts, shared
+    from modules import script_callbacks, script_loading, scripts, sd_hijack_optimizations, shared
     from modules.api import api
     from tinymodel import TinyLatentDiffusion
 
@@ -65,6 +66,7 @@ def host() -> Host:
 
     torch.set_num_threads(1)  # tiny tensors: threading only adds overhead on the shared 2-core machine
     shared.sd_model = TinyLatentDiffusion()
+    sd_hijack_optimizations.SdOptimizationSdp().apply()  # as sd_hijack.apply_optimizations does at model load
     script_loading.load_extension_scripts(str(AD_DIR))
     script_loading.load_extension_scripts(str(REPO))
     script_callbacks.ui_settings_callback()
@@ -94,7 +96,14 @@ def clean_state(host):
     extra_networks.activations.clear()
     host.model.unet_log.clear()
     host.model.encode_log.clear()
-    yield
+    import torch
+
+    mkldnn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # oneDNN's per-call setup costs more than these tiny convolutions
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
     shared.state.end()
     from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
 

@@ -34,7 +34,8 @@ def test_infotext_written_and_pasted_back(host, stub):
                           # an I4VGen-only run pastes the WebUI's own settings as their defaults
                           "mode": "i4vgen", "anchor_sample": False, "evs_strength": 0.4, "evs_t2v_step": -1.0,
                           "evs_video_strength": 0.3, "evs_video_steps": -1.0, "evs_fresh_bridge_noise": True,
-                          "evs_inversion": False, "anchor_image": gr.update(value=None)}  # no image: cleared
+                          "evs_inversion": False, "evs_sfi": False, "evs_sfi_gamma": 0.8, "evs_sfi_layers": "deep",
+                          "anchor_image": gr.update(value=None)}  # no image: cleared
     # the pasted manual index reproduces the same video without ranking
     again = run(make_p(host, i4vgen=[True, "paper", 3, 0.5, "4,2", 0.75, "imagereward", "", "none", chosen, False],
                        ad=ad_args(batch_size=8)))

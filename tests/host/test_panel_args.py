@@ -26,7 +26,8 @@ def test_panel_controls_follow_ui_order_with_safe_defaults(host):
     assert named["mode"] == "i4vgen" and named["anchor_image"] is None and named["anchor_sample"] is False
     assert {name: named[name] for name in EXTRA_NAMES if name.startswith("evs_")} == {
         "evs_strength": 0.4, "evs_t2v_step": -1, "evs_video_strength": 0.3, "evs_video_steps": -1,
-        "evs_fresh_bridge_noise": True, "evs_inversion": False}
+        "evs_fresh_bridge_noise": True, "evs_inversion": False, "evs_sfi": False, "evs_sfi_gamma": 0.8,
+        "evs_sfi_layers": "deep"}
     request = parse_script_args(defaults)
     assert request.enable is False and request.mode == "i4vgen" and request.anchor_image is None
     assert script.infotext_fields and all(callable(key) for _, key in script.infotext_fields)
@@ -92,7 +93,12 @@ def test_dict_missing_keys_take_defaults_and_json_types_are_coerced():
     ({"enable": True, "evs_t2v_step": -2}, "evs_t2v_step"),
     ({"enable": True, "evs_video_steps": 1.5}, "evs_video_steps"),
     ({"enable": True, "evs_inversion": "maybe"}, "evs_inversion"),
-    ({"enable": True, "evs_sfi": True}, "evs_sfi"),  # CLI only for now: refused, never silently ignored
+    ({"enable": True, "evs_sfi": True}, "evs_sfi"),  # SFI injects what the inversion records: needs inversion
+    ({"enable": True, "evs_sfi": "maybe", "evs_inversion": True}, "evs_sfi"),
+    ({"enable": True, "evs_sfi_gamma": 1.5}, "evs_sfi_gamma"),
+    ({"enable": True, "evs_sfi_gamma": "high"}, "evs_sfi_gamma"),
+    ({"enable": True, "evs_sfi_layers": "middle block"}, "evs_sfi_layers"),
+    ({"enable": True, "evs_sfi_layers": 3}, "evs_sfi_layers"),
 ])
 def test_bad_values_name_their_key(values, key):
     with pytest.raises(SettingsError) as error:
@@ -146,5 +152,10 @@ def test_evs_settings_parse_from_api_types():
             request.evs.fresh_bridge_noise, request.evs.inversion) == (0.5, 2, 0.3, 3, False, True)
     assert request.extra_record() == {"mode": "i4vgen+evs", "evs_strength": 0.5, "evs_t2v_step": 2,
                                       "evs_video_strength": 0.3, "evs_video_steps": 3,
-                                      "evs_fresh_bridge_noise": False, "evs_inversion": True}
+                                      "evs_fresh_bridge_noise": False, "evs_inversion": True, "evs_sfi": False,
+                                      "evs_sfi_gamma": 0.8, "evs_sfi_layers": "deep"}
+    sfi = parse_script_args([{"enable": True, "mode": "evs", "evs_inversion": "true", "evs_sfi": "true",
+                              "evs_sfi_gamma": "0.5", "evs_sfi_layers": "middle_block, output_blocks.3"}])
+    assert (sfi.evs.sfi, sfi.evs.sfi_gamma, sfi.evs.sfi_layers) == (True, 0.5, "middle_block, output_blocks.3")
+    assert parse_script_args([{"enable": True, "evs_sfi_gamma": 1}]).evs.sfi_gamma == 1.0
     assert parse_script_args([{"enable": True}]).extra_record() == {"mode": "i4vgen"}

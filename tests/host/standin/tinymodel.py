@@ -1,12 +1,17 @@
 """A tiny SD1.5-shaped latent diffusion model for the stand-in host (pure torch, random weights, 8x8 latents).
 
 Shaped like ldm's ``LatentDiffusion`` as A1111 uses it: ``model.diffusion_model`` has 12 ``input_blocks``, a
-3-layer ``middle_block`` and 12 ``output_blocks`` of ``TimestepEmbedSequential`` (so AnimateDiff's stand-in
-injects its motion layers at the real indices), ``apply_model(x, t, cond={"c_crossattn": [...]})`` returns eps,
+3-layer ``middle_block`` and 12 ``output_blocks`` of ``TimestepEmbedSequential`` laid out like SD1.5's
+``openaimodel.UNetModel`` (so AnimateDiff's stand-in injects its motion layers at the real indices): a res block in
+each, ldm ``SpatialTransformer``s (``ldm/modules/attention.py``, with ``transformer_blocks.0.attn1`` a
+``CrossAttention``) in input blocks 1, 7, middle block 1 and output blocks 3, 9 (the highest and the lowest resolution
+with attention, one per side; SD1.5 has them in input blocks 1, 2, 4, 5, 7, 8 and output blocks 3-11), ``Downsample`` alone in input blocks
+3, 6, 9 and ``Upsample`` last in output blocks 2, 5, 8 (8x8 latents run at 8x8, 4x4, 2x2 and 1x1; no skip
+connections). ``apply_model(x, t, cond={"c_crossattn": [...]})`` returns eps,
 ``alphas_cumprod``/``alphas_cumprod_original`` hold SD's scaled-linear schedule, ``get_learned_conditioning`` is a
 tiny hashed text encoder, ``decode_first_stage`` a tiny VAE decoder, ``encode_first_stage`` /
-``get_first_stage_encoding`` a tiny VAE encoder with ldm's posterior and ``scale_factor``. Every UNet forward is logged with the job
-text, batch size, motion-module calls and active LoRA, so tests can see what each stage ran."""
+``get_first_stage_encoding`` a tiny VAE encoder with ldm's posterior and ``scale_factor``. Every UNet forward is logged
+with the job text, batch size, motion-module calls and active LoRA, so tests can see what each stage ran."""
 from __future__ import annotations
 
 import contextlib
@@ -18,19 +23,27 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from ldm.modules.attention import SpatialTransformer
 from modules import extra_networks, shared
 
 CHANNELS = 8
+HEADS = 2
 CONTEXT_DIM = 8
 TOKENS = 4
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """ldm ``openaimodel.TimestepEmbedSequential``: blocks that take (x, emb, context), other layers just x."""
+    """ldm ``openaimodel.TimestepEmbedSequential``: res blocks take (x, emb, context), spatial transformers
+    (x, context), other layers (and AnimateDiff's motion modules) just x."""
 
     def forward(self, x, emb, context=None):
         for layer in self:
-            x = layer(x, emb, context) if isinstance(layer, TinyResAttn) else layer(x)
+            if isinstance(layer, TinyResAttn):
+                x = layer(x, emb, context)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -47,11 +60,57 @@ class TinyResAttn(nn.Module):
         return x + 0.3 * torch.tanh(h)
 
 
-class Upsample(nn.Module):
-    """Stands in for the last layer of every third output block (where AD inserts before the last layer)."""
+class Downsample(nn.Module):
+    """ldm ``openaimodel.Downsample(channels, use_conv, dims=2, out_channels=None, padding=1)``, alone in input blocks
+    3, 6 and 9: halves the size (2x2 average here; a strided conv in SD)."""
+
+    def __init__(self, channels=CHANNELS, use_conv=True, dims=2, out_channels=None, padding=1):
+        super().__init__()
+        self.channels = channels
 
     def forward(self, x):
-        return x
+        return torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)
+
+
+class Upsample(nn.Module):
+    """ldm ``openaimodel.Upsample``: the last layer of output blocks 2, 5 and 8 (AD inserts before it): doubles the
+    size (nearest). Without skip connections the tiny UNet needs latent sides divisible by 8."""
+
+    def __init__(self, channels=CHANNELS, use_conv=True, dims=2, out_channels=None, padding=1):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def spatial_transformer():
+    # Linear projections (ldm's use_linear, as in SD2): SD1.5's 1x1 convs cost far more on CPU at this size.
+    return SpatialTransformer(CHANNELS, HEADS, CHANNELS // HEADS, depth=1, context_dim=CONTEXT_DIM, use_linear=True)
+
+
+# Spatial transformers at the highest and the lowest resolution with attention, one per side, where SD1.5 has 16
+# (each costs ~20 module calls per UNet forward on CPU); the block layout, and so AnimateDiff's injection indices,
+# are SD1.5's.
+INPUT_ATTENTION = (1, 7)  # SD1.5: 1, 2, 4, 5, 7, 8
+OUTPUT_ATTENTION = (3, 9)  # SD1.5: 3 to 11
+
+
+def input_block(index):
+    if index in (3, 6, 9):
+        return TimestepEmbedSequential(Downsample(CHANNELS))
+    if index in INPUT_ATTENTION:
+        return TimestepEmbedSequential(TinyResAttn(CHANNELS), spatial_transformer())
+    return TimestepEmbedSequential(TinyResAttn(CHANNELS))
+
+
+def output_block(index):
+    layers = [TinyResAttn(CHANNELS)]
+    if index in OUTPUT_ATTENTION:
+        layers.append(spatial_transformer())
+    if index in (2, 5, 8):
+        layers.append(Upsample(CHANNELS))
+    return TimestepEmbedSequential(*layers)
 
 
 class TinyUNet(nn.Module):
@@ -59,13 +118,9 @@ class TinyUNet(nn.Module):
         super().__init__()
         self.time_embed = nn.Linear(CHANNELS, CHANNELS)
         self.conv_in = nn.Conv2d(4, CHANNELS, 3, padding=1)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(TinyResAttn(CHANNELS)) for _ in range(12)])
-        self.middle_block = TimestepEmbedSequential(TinyResAttn(CHANNELS), TinyResAttn(CHANNELS), TinyResAttn(CHANNELS))
-        self.output_blocks = nn.ModuleList([
-            TimestepEmbedSequential(TinyResAttn(CHANNELS), Upsample()) if i % 3 == 2 and i != 11
-            else TimestepEmbedSequential(TinyResAttn(CHANNELS))
-            for i in range(12)
-        ])
+        self.input_blocks = nn.ModuleList([input_block(i) for i in range(12)])
+        self.middle_block = TimestepEmbedSequential(TinyResAttn(CHANNELS), spatial_transformer(), TinyResAttn(CHANNELS))
+        self.output_blocks = nn.ModuleList([output_block(i) for i in range(12)])
         self.lora = nn.Conv2d(CHANNELS, CHANNELS, 1)
         self.out = nn.Conv2d(CHANNELS, 4, 3, padding=1)
 

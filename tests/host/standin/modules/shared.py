@@ -1,5 +1,5 @@
 """Follows ``modules/shared.py``: module-level ``opts``, ``state``, ``cmd_opts``, ``device``, ``sd_model``,
-``total_tqdm``, ``OptionInfo``, ``models_path``."""
+``total_tqdm``, ``OptionInfo``, ``models_path``, ``loaded_hypernetworks``."""
 import types
 
 from modules import options, shared_state
@@ -13,6 +13,7 @@ DEFAULT_OPTS = {
     "skip_early_cond": 0.0, "s_min_uncond_all": False, "always_discard_next_to_last_sigma": False,
     "sd_vae_decode_method": "Full", "persistent_cond_cache": True, "enable_pnginfo": True, "samples_save": False,
     "use_downcasted_alpha_bar": False, "sd_noise_schedule": "Default", "multiple_tqdm": True, "infotext_skip_pasting": [],
+    "upcast_attn": False,
 }
 
 opts = options.Options(DEFAULT_OPTS)
@@ -21,6 +22,7 @@ cmd_opts = types.SimpleNamespace(no_half=True, lowvram=False, medvram=False, dis
 device = "cpu"
 sd_model = None
 models_path = "/tmp/i4vgen-standin-models"
+loaded_hypernetworks = []
 
 
 class TotalTQDM:

@@ -1,7 +1,10 @@
 """Stand-in of sd-webui-animatediff ``motion_module.py``: ``MotionModuleType``, ``MotionWrapper`` (down_blocks 4 x 2,
 up_blocks 4 x 3, mid_block 1 for v2/AnimateLCM; ``is_xl``/``is_adxl``/``is_hotshot``/``is_v2``/
 ``enable_gn_hack``), and a temporal layer that, like ``VersatileAttention.forward``, reads the frame count from
-``mm_animatediff.ad_params.batch_size`` and mixes along frames. Every call is counted."""
+``mm_animatediff.ad_params.batch_size`` and mixes along frames: a mean mix plus self-attention over the frames in
+``temporal_transformer.transformer_blocks.0.attention_blocks.0``, a ``VersatileAttention`` (AD's own
+``CrossAttention`` subclass, not ldm's: ``to_q``/``to_k``/``to_v``/``to_out``, ``heads``, ``scale``), named as in AD.
+Every call is counted."""
 from enum import Enum
 
 import torch
@@ -23,10 +26,42 @@ class TemporalCounter:
     frames_seen = []  # frame count f of every call
 
 
+class CrossAttention(nn.Module):
+    def __init__(self, query_dim, heads=2, dim_head=4):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.heads = heads
+        self.scale = dim_head ** -0.5
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(0.0))
+
+
+class VersatileAttention(CrossAttention):
+    def forward(self, x):  # (batch * pixels, frames, channels): attention along the frames
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (self.to_q(x), self.to_k(x), self.to_v(x)))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class TemporalTransformerBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList([VersatileAttention(channels)])
+
+
+class TemporalTransformer3DModel(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList([TemporalTransformerBlock(channels)])
+
+
 class VanillaTemporalModule(nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.mix = nn.Parameter(torch.full((channels,), 0.5))
+        self.temporal_transformer = TemporalTransformer3DModel(channels)
 
     def forward(self, x):
         from scripts.animatediff_mm import mm_animatediff
@@ -39,6 +74,11 @@ class VanillaTemporalModule(nn.Module):
         v = x.reshape(x.shape[0] // f, f, *x.shape[1:])
         mean = v.mean(dim=1, keepdim=True)
         v = v + torch.tanh(self.mix)[None, None, :, None, None] * (mean - v)
+        b, c, h, w = v.shape[0], v.shape[2], v.shape[3], v.shape[4]
+        tokens = v.permute(0, 3, 4, 1, 2).reshape(b * h * w, f, c)
+        attention = self.temporal_transformer.transformer_blocks[0].attention_blocks[0]
+        tokens = tokens + 0.3 * attention(tokens)
+        v = tokens.reshape(b, h, w, f, c).permute(0, 3, 4, 1, 2)
         return v.reshape(x.shape)
 
 
