@@ -42,7 +42,8 @@ from .settings import SettingsError
 DEFAULT_VIDEO_STEPS = 4
 SFI_LAYER_PRESETS = ("deep", "shallow", "all")
 SFI_LAYERS_ALLOWED = ('"deep" (mid block + lowest-resolution blocks), "shallow" (highest-resolution blocks), "all", '
-                      'or a comma list of UNet module-name prefixes such as "mid_block,up_blocks.1"')
+                      'or a comma list of UNet module-name prefixes: diffusers names such as "mid_block,up_blocks.1" '
+                      'in the CLI, ldm names such as "middle_block,output_blocks.3" in the WebUI')
 _MODULE_PREFIX = re.compile(r"^[A-Za-z_]\w*(?:\.\w+)*$")
 
 

@@ -1,5 +1,7 @@
 """Selective Feature Injection (EVS, Su et al. CVPR 2025, Eq. 11) on a diffusers UNet's spatial self-attention.
 
+The WebUI's ldm UNet has its own wrapping and layer-name table in ``i4vgen_ext/webui/attention.py``.
+
 While recording, every video-mode UNet call files the query, key and value of the chosen ``attn1`` layers (the
 spatial transformer blocks' self-attention, never a motion module) into an ``AttentionStore``. While injecting,
 those layers attend with
