@@ -8,6 +8,7 @@ replacing ``alphas_cumprod`` and ``alphas_cumprod_original``), ``scripts/animate
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Tuple
 
@@ -83,6 +84,8 @@ def motion_module_ejected(sd_model: Any, ad: AnimateDiffJob) -> Iterator[None]:
         raise RuntimeError("AnimateDiff is enabled but its motion module is not injected; see the console for "
                            "AnimateDiff's own error")
     video_schedule = (sd_model.alphas_cumprod, sd_model.alphas_cumprod_original)
+    ad_logger = logging.getLogger("AnimateDiff")  # scripts/animatediff_logger.py
+    ad_logger.addFilter(_without_adetailer_warning)
     ad.motion.restore(sd_model)
     image_schedule = (sd_model.alphas_cumprod, sd_model.alphas_cumprod_original)
     try:
@@ -92,6 +95,13 @@ def motion_module_ejected(sd_model: Any, ad: AnimateDiffJob) -> Iterator[None]:
         sd_model.alphas_cumprod, sd_model.alphas_cumprod_original = image_schedule
         ad.motion.inject(sd_model, ad.model_name)
         sd_model.alphas_cumprod, sd_model.alphas_cumprod_original = video_schedule
+        ad_logger.removeFilter(_without_adetailer_warning)
+
+
+def _without_adetailer_warning(record: logging.LogRecord) -> bool:
+    """AD's CFG-denoiser hook (``animatediff_infv2v.py``) warns about !Adetailer whenever it finds the module out
+    while AD is enabled; that is exactly what the anchor images need, so the warning is dropped for the span."""
+    return not record.getMessage().startswith("No motion module detected")
 
 
 class MotionSwitch:

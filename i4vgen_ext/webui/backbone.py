@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from ..denoiser import StepCallback, notify
+from ..sampling import sample_ddim
 from ..schedule import sampling_timesteps
 from ..settings import I4VGenSettings
 from . import shim
@@ -281,9 +282,11 @@ class HostDenoiser:
                     callback: Optional[StepCallback]) -> torch.Tensor:
         """Img2img with the job's sampler (``p.sampler``, made while the motion module is injected) from the
         NI-VSDS video. ``setup_img2img_steps`` gives ``t_enc = int(strength * S)`` and k-diffusion samplers run
-        ``t_enc + 1`` steps, so strength ``(n - 0.5) / S`` runs exactly ``n`` steps (DDIM-family samplers in A1111
-        make one evaluation fewer per run, a host property)."""
+        ``t_enc + 1`` steps, so strength ``(n - 0.5) / S`` runs exactly ``n`` steps. A1111's DDIM-family img2img
+        would run ``t_enc - 1``, so those samplers take ``_regenerate_ddim`` instead."""
         p = self.p
+        if is_timestep_sampler(p.sampler):
+            return self._regenerate_ddim(x, noise, steps, stage, callback)
         if self.on_stage is not None:
             self.on_stage(stage)
         frames, frame_noise = to_host_video(x).float(), to_host_video(noise).float()
@@ -296,3 +299,26 @@ class HostDenoiser:
         self.last_video = latents
         self._check_interrupt()
         return from_host_video(latents.float())
+
+    def _regenerate_ddim(self, x: torch.Tensor, noise: torch.Tensor, steps: int, stage: str,
+                         callback: Optional[StepCallback]) -> torch.Tensor:
+        """Regeneration for the timestep samplers (DDIM, PLMS, UniPC). A1111's ``CompVisSampler.sample_img2img``
+        noises to ``timesteps[t_enc]`` but evaluates ``timesteps[t_enc - 1] .. timesteps[1]``: ``t_enc - 1``
+        calls, none at all for ``n_re <= 2``. So the method's own DDIM loop runs on the host's CFG denoiser."""
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        self.motion.video()
+        sampler = self._direct_sampler(stage, counted=True)
+
+        def predict(latents: torch.Tensor, t: int) -> torch.Tensor:
+            frames = to_host_video(latents).float()
+            self.last_video = frames
+            eps = self._direct_eps(sampler, frames, t, self.p.c, self.p.uc)
+            self._check_interrupt()
+            return from_host_video(eps.float())
+
+        latents = sample_ddim(predict, x, noise, steps=steps, timesteps=self._timesteps,
+                              alphas_cumprod=self.alphas_cumprod, config=self.settings.schedule, stage=stage,
+                              callback=callback)
+        self.last_video = to_host_video(latents).float()
+        return latents

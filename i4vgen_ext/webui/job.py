@@ -199,13 +199,29 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
         models_dir=option("i4vgen_reward_model_dir", "") or getattr(shim.shared(), "models_path", None),
         keep_ranker=bool(option("i4vgen_keep_ranker_loaded", False)),
     )
-    if not option("pad_cond_uncond", False) and not option("pad_cond_uncond_v0", False):
+    if not option("pad_cond_uncond", False) and not option("pad_cond_uncond_v0", False) and cond_lengths_differ(p):
         log.warning("I4VGen: AnimateDiff needs 'Pad prompt/negative prompt' (Settings > Optimizations) when the "
                     "prompt and negative prompt have different token lengths.")
     jobs = jobs_per_batch(plan.chunks, mode=request.mode, anchor_image=request.anchor_image is not None)
     plan_job_count(shim.state(), int(p.n_iter), jobs)
     p.extra_generation_params[INFOTEXT_KEY] = infotext_for(plan)
     return plan
+
+
+def cond_lengths_differ(p: Any) -> bool:
+    """Whether the first prompt and negative prompt fill different numbers of 75-token chunks, the only case in
+    which unpadded conds differ in length (``sd_hijack.model_hijack.get_prompt_lengths`` -> (tokens, target)).
+    Extra-network tags still in the text are counted, so this errs towards warning; unknown counts as yes."""
+    prompts, negatives = getattr(p, "all_prompts", None), getattr(p, "all_negative_prompts", None)
+    if not prompts or not negatives:
+        return True
+    try:
+        from modules import sd_hijack
+
+        lengths = sd_hijack.model_hijack.get_prompt_lengths
+        return lengths(prompts[0])[1] != lengths(negatives[0])[1]
+    except Exception:  # another host or model family: keep the warning
+        return True
 
 
 def infotext_for(plan: JobPlan) -> Callable[..., Optional[str]]:

@@ -46,6 +46,18 @@ def test_other_sampler_families(host, stub, watch, sampler):
     assert type(p.sampler).__name__ == ("CompVisSampler" if sampler == "DDIM" else "KDiffusionSampler")
 
 
+@pytest.mark.parametrize("regen,expected", [(1.0, 4), (0.5, 2)])
+def test_ddim_regeneration_runs_every_step(host, stub, watch, regen, expected):
+    """A1111's DDIM img2img noises to timesteps[t_enc] but evaluates only t_enc - 1 steps (none for n_re <= 2,
+    seen on the real host); regeneration with DDIM-family samplers therefore runs the method's own DDIM loop."""
+    p = make_p(host, i4vgen=i4v(candidates=2, regen=regen), ad=ad_args(batch_size=8), sampler_name="DDIM")
+    run(p)
+    regen_calls = stage_calls(host.model, "regeneration")
+    assert len(regen_calls) == expected and all(mm > 0 for _, _, mm, _ in regen_calls)
+    assert json.loads(p.extra_generation_params["I4VGen"])["unet_calls"]["regeneration"] == expected
+    assert_restored(watch, p)
+
+
 def test_n_differs_from_f_chunks_and_context_windows(host, stub, watch):
     """N = 5 candidates in chunks of the context size 4; F = 6 frames > C = 4, so AnimateDiff's context windows run
     in NI-VSDS and regeneration (supported, not refused)."""
