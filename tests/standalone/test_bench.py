@@ -1,0 +1,139 @@
+"""bench/compare.py on the tiny demo model: the JSON it writes, and UNet-call counts that follow the cost model
+(plain S, FreeInit 3S and 5S, I4VGen S + K + n_re). Times are never checked: they are the machine's."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS, FRAMES = 3, 2
+METHODS = {"plain", "plain-diffusers", "freeinit-3", "freeinit-5", "i4vgen-official", "i4vgen-paper"}
+METHOD_FIELDS = {"method", "median_seconds", "ratio_to_plain", "unet_calls", "call_floor", "call_floor_ratio",
+                 "peak_rss_mb", "stage_seconds", "vae_decoded_frames"}
+
+
+def run_bench(tmp: Path, cache: Path, *extra: str) -> tuple[dict, Path]:
+    out = tmp / "out.json"
+    markdown = tmp / "RESULTS.md"
+    command = [sys.executable, str(REPO / "bench" / "compare.py"), "--model", "tiny", "--repeats", "1",
+               "--frames", str(FRAMES), "--steps", str(STEPS), "--calibration-rounds", "1", "--threads", "1",
+               "--json", str(out), "--results-dir", str(tmp / "results"), "--markdown", str(markdown), *extra]
+    env = {**os.environ, "I4VGEN_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text(encoding="utf-8")), markdown
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, demo_model_dir) -> tuple[dict, Path]:
+    """One full comparison; ``demo_model_dir`` is the session's tiny model, reused through its cache folder."""
+    return run_bench(tmp_path_factory.mktemp("bench"), demo_model_dir.parent)
+
+
+def nivsds_iterations(steps: int) -> int:
+    return int(steps * 0.6) + 1  # both presets: p = 0.6 (K = int(S*p) + 1)
+
+
+def test_json_has_one_object_per_method_with_the_issue_fields(bench):
+    result, _ = bench
+    assert set(result) == {"run", "methods", "targets"}
+    methods = {m["method"]: m for m in result["methods"]}
+    assert set(methods) == METHODS
+    for m in methods.values():
+        assert METHOD_FIELDS <= set(m), m["method"]
+        assert m["median_seconds"] > 0 and m["peak_rss_mb"] > 0
+        assert m["unet_calls"]["total"] == sum(v for k, v in m["unet_calls"].items() if k != "total")
+    assert methods["plain"]["ratio_to_plain"] == 1.0
+    run = result["run"]
+    assert run["model"] == "tiny" and run["settings"]["candidates"] == FRAMES
+    assert run["versions"]["diffusers"] and run["machine"]["cpu_count"] >= 1
+    assert (Path(run["model_path"]) / "unet").is_dir()
+
+
+def test_unet_calls_follow_the_cost_model(bench):
+    result, _ = bench
+    methods = {m["method"]: m for m in result["methods"]}
+    k = nivsds_iterations(STEPS)
+    expected_totals = {"plain": STEPS, "plain-diffusers": STEPS, "freeinit-3": 3 * STEPS, "freeinit-5": 5 * STEPS,
+                       "i4vgen-official": STEPS + k + STEPS, "i4vgen-paper": STEPS + k + STEPS}
+    for name, total in expected_totals.items():
+        m = methods[name]
+        assert m["unet_calls"]["total"] == total, name
+        hooks = m["hook_unet_calls"]  # counted by forward hooks on the two UNet views, not by the code under test
+        assert hooks["video"] + hooks["image"] == total, name
+        assert m["unet_calls_match"] is True, name
+    for name in ("i4vgen-official", "i4vgen-paper"):
+        m = methods[name]
+        assert m["unet_calls"] == {"anchor": STEPS, "nivsds": k, "regeneration": STEPS, "total": 2 * STEPS + k}
+        assert m["hook_unet_calls"] == {"image": STEPS, "video": k + STEPS}
+        assert m["motion_calls_in_anchor_stage"] == 0
+    assert methods["freeinit-5"]["unet_calls"] == {**{f"round_{i}": STEPS for i in range(1, 6)}, "total": 5 * STEPS}
+    for name in ("plain", "plain-diffusers", "freeinit-3", "freeinit-5"):
+        assert methods[name]["hook_unet_calls"]["image"] == 0
+
+
+def test_call_floor_uses_the_measured_r(bench):
+    result, _ = bench
+    r = result["run"]["call_costs"]["r"]
+    assert r > 0
+    methods = {m["method"]: m for m in result["methods"]}
+    k = nivsds_iterations(STEPS)
+    assert methods["i4vgen-official"]["call_floor"] == pytest.approx((STEPS * r + k + STEPS) / STEPS)
+    assert methods["freeinit-3"]["call_floor"] == 3 and methods["plain"]["call_floor"] == 1
+    for m in methods.values():
+        assert m["call_floor_ratio"] == pytest.approx(m["ratio_to_plain"] / m["call_floor"])
+
+
+def test_only_output_and_scored_frames_are_decoded(bench):
+    result, _ = bench
+    for m in result["methods"]:
+        expected = FRAMES + FRAMES if m["kind"] == "i4vgen" else FRAMES
+        assert m["vae_decoded_frames"] == expected, m["method"]
+    decode_targets = [t for t in result["targets"] if "decoded" in t["target"]]
+    assert len(decode_targets) == len(METHODS) and all(t["status"] == "pass" for t in decode_targets)
+
+
+def test_our_plain_loop_matches_diffusers_pipeline(bench):
+    result, _ = bench
+    diffusers_plain = next(m for m in result["methods"] if m["method"] == "plain-diffusers")
+    assert diffusers_plain["max_pixel_diff_vs_plain"] <= 1
+
+
+def test_targets_and_markdown_are_reported(bench):
+    result, markdown = bench
+    statuses = {t["status"] for t in result["targets"]}
+    assert statuses <= {"pass", "miss", "n/a"}
+    names = " ".join(t["target"] for t in result["targets"])
+    for phrase in ("call floor", "outside UNet", "anchor step", "peak host memory", "decoded"):
+        assert phrase in names
+    text = markdown.read_text(encoding="utf-8")
+    assert "## `tiny` on cpu" in text and "r = " in text
+    for m in result["methods"]:
+        assert m["label"] in text
+
+
+def test_chunked_candidates_and_a_model_ranker(tmp_path, demo_model_dir):
+    """Candidates batched 2 per UNet call cost ceil(N/2) calls per step; a real (tiny) ImageReward is loaded,
+    scores, and is released before NI-VSDS."""
+    from tests.rankers.ranker_fixtures import write_imagereward
+
+    ranker_dir = write_imagereward(tmp_path / "imagereward")
+    candidates = 3
+    result, _ = run_bench(tmp_path, demo_model_dir.parent, "--methods", "i4vgen-official", "--candidates",
+                          str(candidates), "--image-batch-size", "2", "--ranker", "imagereward",
+                          "--ranker-path", str(ranker_dir))
+    methods = {m["method"]: m for m in result["methods"]}
+    assert set(methods) == {"plain", "i4vgen-official"}
+    m = methods["i4vgen-official"]
+    per_step = math.ceil(candidates / 2)
+    assert m["unet_calls"]["anchor"] == STEPS * per_step
+    assert m["hook_unet_calls"]["image"] == STEPS * per_step
+    assert m["vae_decoded_frames"] == FRAMES + candidates
+    assert m["ranker_weights_mb"] > 0
+    assert m["ranker_released"] is True
