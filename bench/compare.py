@@ -2,6 +2,7 @@
 
     python bench/compare.py --model tiny|sd15-random|PATH [--motion-module PATH] [--frames F] [--steps S]
         [--width W --height H] [--repeats R] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json OUT]
+        [--threads N] [--clock wall|cpu] [--ranker NAME --ranker-path DIR] [--methods a,b,...]
 
 One process, one loaded model, the same prompt, seed and resolution for every method. First the call costs are
 measured (this is also the warm-up), then R repeats run every method once each, in an order that rotates
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -22,8 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

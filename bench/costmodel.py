@@ -69,6 +69,20 @@ def fill_cost_floors(methods: List[Dict[str, Any]], run: Dict[str, Any]) -> None
         m["cost_floor_ratio"] = m["ratio_to_plain"] / m["cost_floor"]
 
 
+def projected_ratios(run: Dict[str, Any], steps: int = 25) -> Dict[str, float]:
+    """Each method's ratio to plain at ``steps`` steps, priced with this run's measured call costs (same F, N and
+    resolution): what the table would show at the paper's step count, decodes and text encoding included."""
+    c, s = run["call_costs"], run["settings"]
+    fixed = c["text_encoding_seconds"] + s["frames"] * c["decode_seconds_per_frame"]
+    video = c["video_call_seconds"]
+    plain = steps * video + fixed
+    k, n_re = nivsds_iterations(steps, 0.6), regen_steps(steps, 1.0)
+    i4vgen = (steps * c["image_call_seconds"] + (k + n_re) * video + fixed
+              + s["candidates"] * c["decode_seconds_per_frame"])
+    return {"freeinit-3": (3 * steps * video + fixed) / plain, "freeinit-5": (5 * steps * video + fixed) / plain,
+            "i4vgen": i4vgen / plain}
+
+
 def outside_share_at(steps: int, method: Dict[str, Any], fractions: Dict[str, float]) -> float:
     """The I4VGen run's time outside UNet calls as a share of its total, projected to ``steps`` steps from this
     run's own per-call costs: UNet time and glue scale with the calls, decodes and text encoding stay fixed."""
@@ -123,7 +137,7 @@ def evaluate_targets(methods: List[Dict[str, Any]], run: Dict[str, Any]) -> List
                 f"{name}: time ratio within 3% of its cost floor (decodes and text encoding priced in too)",
                 f"ratio / cost floor <= {1 + FLOOR_TOLERANCE:.2f}", m["cost_floor_ratio"] <= 1 + FLOOR_TOLERANCE,
                 f"{ratio:.3f} / {m['cost_floor']:.3f} = {m['cost_floor_ratio']:.3f}",
-                f"plain and FreeInit on the same model: "
+                "plain and FreeInit on the same model: "
                 + ", ".join(f"{o['method']} {o['cost_floor_ratio']:.3f}" for o in methods if o["kind"] != "i4vgen")))
         share = m["outside_unet_share"]
         comp = m["component_seconds"]

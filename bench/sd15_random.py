@@ -82,7 +82,10 @@ def build_sd15_random(directory: Path | str, *, seed: int = SEED) -> Path:
         AutoencoderKL(**SD15_VAE).save_pretrained(directory / "vae")
         torch.manual_seed(seed + 2)
         CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).save_pretrained(directory / "text_encoder")
-    write_clip_tokenizer(directory / "tokenizer", vocab_size=FULL_VOCAB_SIZE)
+    try:
+        write_clip_tokenizer(directory / "tokenizer", vocab_size=FULL_VOCAB_SIZE)
+    except FileNotFoundError:  # no CLIP merge list: byte-level ids fit the embedding, prompts still pad to 77
+        write_clip_tokenizer(directory / "tokenizer")
     (directory / "scheduler").mkdir(exist_ok=True)
     (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=2))
     index = {**SD_MODEL_INDEX, "_class_name": "AnimateDiffPipeline", "unet": ["diffusers", "UNetMotionModel"],
