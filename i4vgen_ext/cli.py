@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", default="gif", help=f"Comma-separated video formats from {', '.join(VIDEO_FORMATS)}.")
     g.add_argument("--fps", type=float, default=8.0, help="Frames per second of the written video (default 8).")
     g.add_argument("--save-latents", action="store_true", help="Also write latents.safetensors.")
+    g.add_argument("--image-batch-size", type=int, default=None,
+                   help="Memory budget: at most this many candidates per image-mode UNet call (default: all N; "
+                        "each chunk is one more UNet call per step).")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Compute device.")
     g.add_argument("--dtype", default="float32", choices=DTYPES, help="Model dtype (latents stay float32).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")

@@ -113,7 +113,8 @@ def generate(args: argparse.Namespace) -> Path:
             with timer("encode_anchor"):
                 fitted = fit_to_video(anchor_image, settings.width, settings.height)
                 anchor = backbone.encode_image(fitted, sample=args.anchor_sample, generator=seeded_generator(seed))
-        denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps)
+        denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps,
+                                     image_batch_size=args.image_batch_size)
 
     # 4. The stages.
     evs_record: Dict = {}
@@ -129,6 +130,8 @@ def generate(args: argparse.Namespace) -> Path:
         def on_step(event: StepEvent) -> None:
             if event.stage == "ranking":
                 motion["after_anchor"] = getattr(backbone, "motion_module_calls", 0)
+                if ranker is not None:
+                    ranker.unload()  # its weights are not needed by NI-VSDS and regeneration
             bar(event)
 
         if args.mode.startswith("plain"):
@@ -145,8 +148,6 @@ def generate(args: argparse.Namespace) -> Path:
                                 callback=on_step)
             video, unet_calls = result.video, dict(result.unet_calls)
             timer.seconds.update(result.seconds)
-        if ranker is not None:
-            ranker.unload()
         if evs is not None:
             refined = _run_evs(backbone, denoiser, settings, evs, video, generator, on_step, timer)
             unet_calls["evs"] = refined.unet_calls
@@ -262,6 +263,8 @@ def _run_evs(backbone, denoiser, settings, evs, video, generator, callback, time
 def _check_common(args: argparse.Namespace) -> None:
     if args.fps <= 0:
         raise SettingsError("fps", args.fps, "a number > 0")
+    if getattr(args, "image_batch_size", None) is not None and args.image_batch_size < 1:
+        raise SettingsError("image_batch_size", args.image_batch_size, "an integer >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("device", "cuda", "cpu (no CUDA device is visible)")
 

@@ -160,3 +160,18 @@ def test_missing_ranker_weights_fail_fast_with_the_named_error(tmp_path, capsys,
     code, out = _run(tmp_path, "--ranker", "imagereward", "--ranker-path", str(tmp_path / "nowhere"))
     err = capsys.readouterr().err
     assert code == 2 and "imagereward" in err and "nowhere" in err and "Traceback" not in err
+
+
+def test_image_batch_size_is_a_memory_budget(tmp_path):
+    code, out = _run(tmp_path, "--ranker", "none", "--frames", "2", "--candidates", "3", "--steps", "3",
+                     "--image-batch-size", "2", "--save-latents")
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["unet_calls"]["anchor"] == 3 * 2  # ceil(3 / 2) image-mode calls per step
+    _, whole = _run(tmp_path / "whole", "--ranker", "none", "--frames", "2", "--candidates", "3", "--steps", "3",
+                    "--save-latents")
+    chunked, single = load_file(out / "latents.safetensors"), load_file(whole / "latents.safetensors")
+    # Same candidates up to float rounding of a different batch size.
+    torch.testing.assert_close(chunked["candidates"], single["candidates"], rtol=1e-3, atol=1e-4)
+    code, _ = _run(tmp_path / "bad", "--image-batch-size", "0")
+    assert code == 2
