@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from bench import costmodel  # noqa: E402
 from bench.calibrate import measure_call_costs  # noqa: E402
-from bench.methods import BenchSetup, Method, Outcome, all_methods  # noqa: E402
+from bench.methods import BenchSetup, Method, Outcome, all_methods, evs_methods  # noqa: E402
 from bench.probes import CLOCKS, ComponentProbe, MemoryWindow, diff, now, rss_method, set_clock  # noqa: E402
 from bench.report import write_markdown  # noqa: E402
 
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-batch-size", type=int, help="candidates per image-mode UNet call (default: all N)")
     p.add_argument("--ranker", default="none", help="ranker scoring the candidates ('none' still decodes them)")
     p.add_argument("--ranker-path", help="folder with the ranker's files")
-    p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(m.name for m in all_methods()))
+    p.add_argument("--methods", help="comma-separated subset of: "
+                   + ", ".join(m.name for m in all_methods() + evs_methods()) + " (the EVS rows run only when named)")
     p.add_argument("--json", type=Path, help="also write the JSON here")
     p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where <model>.json is written")
     p.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="the table rebuilt from --results-dir")
@@ -124,6 +125,31 @@ def _median_dict(dicts: Sequence[Dict[str, float]]) -> Dict[str, float]:
     return {k: statistics.median(d[k] for d in dicts) for k in dicts[0]}
 
 
+def _evs_expectations(method: Method, setup: BenchSetup, costs) -> tuple:
+    """Calls, call floor and decoded frames of ``<base>+evs``: the base method's, plus EVS's image-mode steps (over
+    F frames; r prices them as N = F candidates) and its video block."""
+    from i4vgen_ext.evs import EVSSettings
+
+    steps = setup.steps
+    plan = EVSSettings().plan(steps)
+    image = plan["image_steps"] + (1 if plan["block_at"] else 0)
+    if method.evs_base == "plain":
+        expected: Dict[str, int] = {"plain": steps}
+        floor = 1.0
+        decoded = setup.frames
+    else:
+        s = setup.settings("official")
+        expected = {k: v for k, v in costmodel.expected_calls(
+            "i4vgen", steps, image_calls_per_step=costs.image_calls_per_step, nivsds=s.nivsds_iterations,
+            regen=s.regen_steps).items() if k != "total"}
+        floor = costmodel.call_floor("i4vgen", steps, costs.r, nivsds=s.nivsds_iterations, regen=s.regen_steps)
+        decoded = setup.frames + setup.candidates
+    expected.update(evs_image=image, evs_video=plan["video_steps"], evs_inversion=0)
+    expected["total"] = sum(expected.values())
+    floor += (image * costs.r + plan["video_steps"]) / steps
+    return expected, floor, decoded
+
+
 def summarize(method: Method, records: List[Dict[str, Any]], setup: BenchSetup, costs, n_motion: int,
               plain_frames: Optional[list]) -> Dict[str, Any]:
     first = records[0]
@@ -145,6 +171,8 @@ def summarize(method: Method, records: List[Dict[str, Any]], setup: BenchSetup, 
                                             nivsds=s.nivsds_iterations, regen=s.regen_steps)
         floor = costmodel.call_floor("i4vgen", steps, costs.r, nivsds=s.nivsds_iterations, regen=s.regen_steps)
         decoded_expected = setup.frames + setup.candidates
+    elif method.kind == "evs":
+        expected, floor, decoded_expected = _evs_expectations(method, setup, costs)
     else:
         expected = costmodel.expected_calls(method.kind, steps, iterations=method.iterations)
         floor = costmodel.call_floor(method.kind, steps, costs.r, iterations=method.iterations)
@@ -251,6 +279,7 @@ def select_methods(spec: Optional[str]) -> List[Method]:
     methods = all_methods()
     if not spec:
         return methods
+    methods += evs_methods()
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
     known = {m.name for m in methods}
     unknown = [w for w in wanted if w not in known]

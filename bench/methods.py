@@ -195,6 +195,39 @@ def run_i4vgen_preset(setup: BenchSetup, preset: str, probe: Optional[ComponentP
     return Outcome(frames, dict(result.unet_calls), seconds, extra)
 
 
+def run_with_evs(setup: BenchSetup, base: str) -> Outcome:
+    """``base`` (``plain`` or ``i4vgen``) and then EVS refinement of its latents (``i4vgen_ext.evs`` defaults), as
+    ``i4vgen generate --mode <base>+evs`` runs it: one denoiser, the EVS noise continuing the seed's generator."""
+    from i4vgen_ext.evs import EVSSettings, draw_evs_noises, evs_refine
+
+    b = setup.backbone
+    watch = _Stopwatch(b.device)
+    denoiser = setup.denoiser()
+    watch.lap("text_encoding")
+    generator = seeded_generator(setup.seed)
+    if base == "plain":
+        stage = plain_video(denoiser, setup.plain_noise())
+        video, calls = stage.latents, {"plain": stage.unet_calls}
+        watch.lap("plain")
+    else:
+        settings = setup.settings("official")
+        h, w = setup.latent_size
+        noises = draw_noises(generator, frames=settings.frames, candidates=settings.candidates, latent_height=h,
+                             latent_width=w)
+        result = run_i4vgen(denoiser, settings, noises, ranker=None, ranker_label="none",
+                            decode_images=b.decode_images, keep_candidate_images=False)
+        video, calls = result.video, {k: v for k, v in result.unet_calls.items() if k != "total"}
+        watch.lap("i4vgen")
+    evs = EVSSettings()
+    refined = evs_refine(denoiser, video, draw_evs_noises(generator, tuple(video.shape)), evs)
+    watch.lap("evs")
+    frames = b.decode_video(refined.latents)
+    watch.lap("decode")
+    calls.update({f"evs_{k}": v for k, v in refined.unet_calls.items() if k != "total"})
+    calls["total"] = sum(calls.values())
+    return Outcome(frames, calls, watch.seconds, {"evs_plan": evs.plan(setup.steps)})
+
+
 def load_bench_ranker(setup: BenchSetup, extra: Dict[str, Any]):
     """A fresh ranker per run (released after ranking). ``none`` still makes the candidates be decoded and scored,
     so the decode cost is the real one; only the scoring itself is free."""
@@ -218,9 +251,10 @@ class Method:
     name: str
     label: str
     run: Callable[..., Outcome]  # (setup, probe) -> Outcome
-    kind: str  # "plain" | "freeinit" | "i4vgen"
+    kind: str  # "plain" | "freeinit" | "i4vgen" | "evs"
     iterations: int = 1
     preset: Optional[str] = None
+    evs_base: Optional[str] = None  # kind "evs": what EVS refines ("plain" or "i4vgen")
 
 
 def all_methods() -> List[Method]:
@@ -233,3 +267,10 @@ def all_methods() -> List[Method]:
     methods += [Method(f"i4vgen-{p}", f"I4VGen, '{p}' preset", lambda s, probe, p=p: run_i4vgen_preset(s, p, probe), "i4vgen",
                        preset=p) for p in I4VGEN_PRESETS]
     return methods
+
+
+def evs_methods() -> List[Method]:
+    """Opt-in rows (``--methods plain+evs,i4vgen+evs``): EVS refinement after plain AnimateDiff or I4VGen."""
+    return [Method(f"{base}+evs", f"{'AnimateDiff' if base == 'plain' else 'I4VGen official'} + EVS refinement",
+                   lambda s, probe, base=base: run_with_evs(s, base), "evs", evs_base=base)
+            for base in ("plain", "i4vgen")]

@@ -137,3 +137,26 @@ def test_chunked_candidates_and_a_model_ranker(tmp_path, demo_model_dir):
     assert m["vae_decoded_frames"] == FRAMES + candidates
     assert m["ranker_weights_mb"] > 0
     assert m["ranker_released"] is True
+
+
+def test_evs_rows_follow_the_cost_model(tmp_path, demo_model_dir):
+    """Opt-in EVS rows at S = 10 (so the video block runs): 4 image-mode SDEdit steps + 1 re-evaluated step and 3
+    video steps on top of the base method."""
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(REPO / "bench" / "compare.py"), "--model", "tiny", "--repeats", "1",
+               "--frames", "2", "--steps", "10", "--calibration-rounds", "1", "--threads", "1", "--json", str(out),
+               "--results-dir", str(tmp_path / "results"), "--markdown", str(tmp_path / "R.md"),
+               "--methods", "plain+evs,i4vgen+evs"]
+    env = {**os.environ, "I4VGEN_CACHE": str(demo_model_dir.parent), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    methods = {m["method"]: m for m in json.loads(out.read_text())["methods"]}
+    assert set(methods) == {"plain", "plain+evs", "i4vgen+evs"}
+    evs = {"evs_image": 5, "evs_video": 3, "evs_inversion": 0}
+    assert methods["plain+evs"]["unet_calls"] == {"plain": 10, **evs, "total": 18}
+    assert methods["i4vgen+evs"]["unet_calls"] == {"anchor": 10, "nivsds": 7, "regeneration": 10, **evs,
+                                                  "total": 35}
+    for name in ("plain+evs", "i4vgen+evs"):
+        m = methods[name]
+        assert m["unet_calls_match"] is True and m["call_floor"] > 1
+        assert m["hook_unet_calls"]["image"] == 5 + (10 if name == "i4vgen+evs" else 0)
