@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from i4vgen_ext.backbones.tiny import build_once
 from i4vgen_ext.backbones.clip_tokenizer import FULL_VOCAB_SIZE, write_clip_tokenizer
 from i4vgen_ext.backbones.configs import MM_V2, SD15_TEXT, SD15_UNET, SD15_VAE, SD_MODEL_INDEX, scheduler_config
-from i4vgen_ext.backbones.tiny import default_cache_root
 
 VERSION = "sd15-random-v1"
 MARKER_FILE = "i4vgen_sd15_random.json"
@@ -33,24 +30,7 @@ def is_complete(folder: Path) -> bool:
 
 def ensure_sd15_random(cache_root: Optional[Path | str] = None) -> Path:
     """The cached folder, built on first use (about 25 s of random init and 6 GB of disk)."""
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    final = root / VERSION
-    if is_complete(final):
-        return final
-    if final.exists():
-        raise RuntimeError(f"{final} exists but is incomplete; delete it to rebuild")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{VERSION}-building-", dir=root))
-    try:
-        build_sd15_random(staging)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not is_complete(final):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return build_once(cache_root, VERSION, build_sd15_random, is_complete)
 
 
 def motion_unet_config() -> dict:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -52,20 +52,27 @@ def is_demo_model(model_dir: Path | str) -> bool:
 
 def ensure_demo_model(cache_dir: Path | str | None = None) -> Path:
     """The demo model folder, built on first use. ``cache_dir`` defaults to ``$I4VGEN_CACHE`` or ~/.cache/i4vgen."""
+    return build_once(cache_dir, DEMO_VERSION, build_demo_model, is_demo_model)
+
+
+def build_once(cache_dir: Path | str | None, version: str, build: Callable[[Path], object],
+               is_complete: Callable[[Path], bool]) -> Path:
+    """``cache_dir/version``, built by ``build(folder)`` the first time: into a temporary folder renamed into place,
+    so concurrent processes never see half a model and the first one to finish wins."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    final = root / DEMO_VERSION
-    if is_demo_model(final):
+    final = root / version
+    if is_complete(final):
         return final
     if final.exists():
-        raise RuntimeError(f"{final} exists but is not a complete i4vgen demo model; delete it to rebuild")
+        raise RuntimeError(f"{final} exists but is not a complete {version} build; delete it to rebuild")
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-building-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-building-", dir=root))
     try:
-        build_demo_model(staging)
+        build(staging)
         try:
             os.rename(staging, final)
         except OSError:
-            if not is_demo_model(final):  # not a concurrent winner: a real failure
+            if not is_complete(final):  # not a concurrent winner: a real failure
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
