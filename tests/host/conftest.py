@@ -152,6 +152,20 @@ def run(p):
     return processing.process_images(p)
 
 
+def run_stopped(p, action: str) -> None:
+    """Run a job that a trigger stops: an error propagates; an interrupt or skip finishes the job without an I4VGen
+    infotext (the video is unfinished) and AnimateDiff's postprocess still runs."""
+    from scripts.animatediff_mm import AnimateDiffMM
+
+    if action == "error":
+        with pytest.raises(RuntimeError, match="boom"):
+            run(p)
+        return
+    res = run(p)
+    assert "I4VGen" not in p.extra_generation_params
+    assert res.images and AnimateDiffMM.mm_injected is False
+
+
 # Stages, host state and triggers shared by the job tests -------------------------------------------------------------
 STAGE_TEXT = {"anchors": "I4VGen: anchor images", "ranking": "I4VGen: ranking", "ni-vsds": "I4VGen: NI-VSDS",
               "regeneration": "I4VGen: regeneration", "plain": "I4VGen: AnimateDiff video",

@@ -10,7 +10,7 @@ import torch
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import ranking
 
-from .conftest import ad_args, assert_restored, make_p, run, stage_calls, trigger_in
+from .conftest import ad_args, assert_restored, make_p, run, run_stopped, stage_calls, trigger_in
 
 
 def i4v(candidates=3, anchor_index=-1, ranker="imagereward", fallback="error", regen=1.0, fraction=0.6,
@@ -211,17 +211,9 @@ def test_missing_ranker_weights_follow_the_fallback(host, monkeypatch):
 @pytest.mark.parametrize("stage", ["anchors", "ranking", "ni-vsds", "regeneration"])
 @pytest.mark.parametrize("action", ["interrupt", "skip", "error"])
 def test_host_restored_after_interrupt_skip_and_error(host, stub, watch, monkeypatch, stage, action):
-    from scripts.animatediff_mm import AnimateDiffMM
-
     trigger_in(monkeypatch, host, stub, stage, action)
     p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
-    if action == "error":
-        with pytest.raises(RuntimeError, match="boom"):
-            run(p)
-    else:
-        res = run(p)
-        assert "I4VGen" not in p.extra_generation_params  # no infotext for an unfinished video
-        assert res.images and AnimateDiffMM.mm_injected is False  # AnimateDiff's postprocess still ran
+    run_stopped(p, action)
     assert_restored(watch, p)
     later = {"anchors": ("ni-vsds", "regeneration"), "ranking": ("ni-vsds", "regeneration"),
              "ni-vsds": ("regeneration",), "regeneration": ()}[stage]

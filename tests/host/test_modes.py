@@ -16,7 +16,7 @@ from i4vgen_ext.webui import refine
 from i4vgen_ext.webui.anchor import describe_anchor, encode_anchor, image_to_tensor
 from i4vgen_ext.webui.backbone import from_host_video, to_host_video
 
-from .conftest import (STAGE_TEXT, ad_args, assert_restored, b64, gif_frames, gradient, make_p, pasted_values, run,
+from .conftest import (STAGE_TEXT, run_stopped, ad_args, assert_restored, b64, gif_frames, gradient, make_p, pasted_values, run,
                        stage_calls, trigger_in, ui_args)
 
 STEPS = 5  # EVS defaults at S = 5: 2 T2I steps (+1 re-evaluation at the block), n_V = 1, inversion 1 step
@@ -261,18 +261,10 @@ def test_evs_noise_continues_the_host_generators(host, stub, monkeypatch, mode, 
                                          ("evs-inversion", "evs")])
 @pytest.mark.parametrize("action", ["interrupt", "skip", "error"])
 def test_host_restored_after_interrupt_skip_and_error_in_evs(host, stub, watch, monkeypatch, stage, mode, action):
-    from scripts.animatediff_mm import AnimateDiffMM
-
     trigger_in(monkeypatch, host, stub, stage, action)
     p = make_p(host, i4vgen=ui_args(host, mode=mode, evs_inversion=stage == "evs-inversion"),
                ad=ad_args(batch_size=8), steps=STEPS)
-    if action == "error":
-        with pytest.raises(RuntimeError, match="boom"):
-            run(p)
-    else:
-        res = run(p)
-        assert "I4VGen" not in p.extra_generation_params  # no infotext for an unfinished video
-        assert res.images and AnimateDiffMM.mm_injected is False  # AnimateDiff's postprocess still ran
+    run_stopped(p, action)
     assert_restored(watch, p)
     log = [entry[0] for entry in host.model.unet_log]
     started = next((i for i, text in enumerate(log) if text.startswith(STAGE_TEXT[stage])), len(log))
