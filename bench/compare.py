@@ -128,7 +128,7 @@ def _median_dict(dicts: Sequence[Dict[str, float]]) -> Dict[str, float]:
 def _evs_expectations(method: Method, setup: BenchSetup, costs) -> tuple:
     """Calls, call floor and decoded frames of ``<base>+evs``: the base method's, plus EVS's image-mode steps (over
     F frames; r prices them as N = F candidates) and its video block."""
-    from i4vgen_ext.evs import EVSSettings
+    from i4vgen_ext.core.evs import EVSSettings
 
     steps = setup.steps
     plan = EVSSettings().plan(steps)

@@ -16,11 +16,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from i4vgen_ext.denoiser import StepEvent
-from i4vgen_ext.noise import draw_noises, seeded_generator
-from i4vgen_ext.pipeline import run_i4vgen
-from i4vgen_ext.settings import I4VGenSettings
-from i4vgen_ext.stages import plain_video
+from i4vgen_ext.core.denoiser import StepEvent
+from i4vgen_ext.core.noise import draw_noises, seeded_generator
+from i4vgen_ext.core.pipeline import run_i4vgen
+from i4vgen_ext.core.settings import I4VGenSettings
+from i4vgen_ext.core.stages import plain_video
 
 from .probes import ComponentProbe, current_rss, now
 
@@ -196,9 +196,9 @@ def run_i4vgen_preset(setup: BenchSetup, preset: str, probe: Optional[ComponentP
 
 
 def run_with_evs(setup: BenchSetup, base: str) -> Outcome:
-    """``base`` (``plain`` or ``i4vgen``) and then EVS refinement of its latents (``i4vgen_ext.evs`` defaults), as
+    """``base`` (``plain`` or ``i4vgen``) and then EVS refinement of its latents (``i4vgen_ext.core.evs`` defaults), as
     ``i4vgen generate --mode <base>+evs`` runs it: one denoiser, the EVS noise continuing the seed's generator."""
-    from i4vgen_ext.evs import EVSSettings, draw_evs_noises, evs_refine
+    from i4vgen_ext.core.evs import EVSSettings, draw_evs_noises, evs_refine
 
     b = setup.backbone
     watch = _Stopwatch(b.device)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .settings import FIELD_BY_NAME, PRESETS, RANKERS, FALLBACKS, I4VGenSettings, SettingsError
+from .core.settings import FIELD_BY_NAME, PRESETS, RANKERS, FALLBACKS, I4VGenSettings, SettingsError
 from .outputs import VIDEO_FORMATS
 from .rankers.base import RankerLoadError
 
@@ -117,7 +117,7 @@ def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evs_settings_from_args(args: argparse.Namespace):
-    from .evs import EVSSettings
+    from .core.evs import EVSSettings
 
     return EVSSettings(strength=args.evs_strength, t2v_step=args.evs_t2v_step, video_strength=args.evs_video_strength,
                        video_steps=args.evs_video_steps, fresh_bridge_noise=not args.evs_reuse_bridge_noise,

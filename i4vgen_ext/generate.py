@@ -11,13 +11,13 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .anchor_image import fit_to_video, load_anchor_image
-from .denoiser import StepEvent
-from .noise import draw_noises, seeded_generator
+from .core.anchor_image import fit_to_video, load_anchor_image
+from .core.denoiser import StepEvent
+from .core.noise import draw_noises, seeded_generator
 from .outputs import candidates_sheet, save_latents, write_run_json, write_video
-from .pipeline import progress_plan, run_i4vgen
-from .settings import I4VGenSettings, SettingsError
-from .stages import plain_video
+from .core.pipeline import progress_plan, run_i4vgen
+from .core.settings import I4VGenSettings, SettingsError
+from .core.stages import plain_video
 
 
 @contextmanager
@@ -252,7 +252,7 @@ def refine(args: argparse.Namespace) -> Path:
 
 
 def _run_evs(backbone, denoiser, settings, evs, video, generator, callback, timer):
-    from .evs import draw_evs_noises, evs_refine
+    from .core.evs import draw_evs_noises, evs_refine
 
     noises = draw_evs_noises(generator, tuple(video.shape), fresh_bridge_noise=evs.fresh_bridge_noise)
     inverter = backbone.denoiser(settings.prompt, settings.negative_prompt, 1.0, settings.steps) if evs.inversion else None

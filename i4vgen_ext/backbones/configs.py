@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from ..schedule import ScheduleConfig
+from ..core.schedule import ScheduleConfig
 from .clip_tokenizer import FULL_VOCAB_SIZE, write_clip_tokenizer
 
 SD15_UNET: Dict[str, Any] = dict(

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..denoiser import StepCallback
-from ..sampling import sample_ddim
-from ..schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
+from ..core.denoiser import StepCallback
+from ..core.sampling import sample_ddim
+from ..core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 from .feature_injection import AttentionStore, SelfAttentionFeatures
 from .loading import ModelParts, load_model_parts
 from .lora import fuse_lora, lora_targets, read_lora

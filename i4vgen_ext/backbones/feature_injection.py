@@ -30,7 +30,7 @@ from typing import Callable, Collection, Dict, Iterator, List, Optional, Sequenc
 import torch
 import torch.nn.functional as F
 
-from ..evs import parse_sfi_layers
+from ..core.evs import parse_sfi_layers
 
 __all__ = ["AttentionStore", "QKV", "SelfAttentionFeatures", "QKVProcessor", "spatial_self_attention_layers",
            "select_layers"]

@@ -22,10 +22,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from ..denoiser import StepCallback, notify
-from ..noise import Noises
-from ..pipeline import I4VGenResult, run_i4vgen
-from ..settings import I4VGenSettings
+from ..core.denoiser import StepCallback, notify
+from ..core.noise import Noises
+from ..core.pipeline import I4VGenResult, run_i4vgen
+from ..core.settings import I4VGenSettings
 
 # The pipeline's own call defaults (``I2VGenXLPipeline.__call__`` and its docstring example).
 DEFAULTS: Dict[str, Any] = {"width": 1280, "height": 704, "frames": 16, "steps": 50, "guidance": 9.0, "fps": 16}

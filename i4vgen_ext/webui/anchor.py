@@ -17,8 +17,8 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from ..anchor_image import fit_to_video, load_anchor_image
-from ..settings import SettingsError
+from ..core.anchor_image import fit_to_video, load_anchor_image
+from ..core.settings import SettingsError
 from . import shim
 
 DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)

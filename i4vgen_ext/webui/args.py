@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from ..evs import EVSSettings
-from ..settings import FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError, parse_method_args
+from ..core.evs import EVSSettings
+from ..core.settings import FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError, parse_method_args
 from .anchor import decode_anchor_arg, describe_anchor
 from .fields import EXTRA_BY_NAME, EXTRA_NAMES, as_bool, coerce_extra, evs_record, evs_settings
 

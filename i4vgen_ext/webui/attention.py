@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.feature_injection import QKV, AttentionStore
-from ..evs import parse_sfi_layers
+from ..core.evs import parse_sfi_layers
 from . import shim
 
 __all__ = ["HostAttentionFeatures", "spatial_self_attention_layers", "select_layers", "attention"]

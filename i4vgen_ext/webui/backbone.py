@@ -12,7 +12,7 @@
   Which stage a call belongs to follows from ``phase`` ("i4vgen": NI-VSDS; "evs": EVS image or video steps;
   "evs-inversion": the inversion denoiser) and the mode.
 * EVS's Selective Feature Injection: ``record_attention`` / ``inject_attention`` (the optional capability of
-  ``i4vgen_ext.denoiser``) act on this denoiser's own video-mode ``predict_noise`` calls only (``attention.py``).
+  ``i4vgen_ext.core.denoiser``) act on this denoiser's own video-mode ``predict_noise`` calls only (``attention.py``).
 * Video mode, regeneration: ``p.sampler.sample_img2img`` with ``p.denoising_strength`` borrowed so the user's
   sampler and scheduler run the last ``n_re`` steps from the given noise.
 
@@ -27,10 +27,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ..denoiser import StepCallback, notify
-from ..sampling import sample_ddim
-from ..schedule import sampling_timesteps
-from ..settings import I4VGenSettings
+from ..core.denoiser import StepCallback, notify
+from ..core.sampling import sample_ddim
+from ..core.schedule import sampling_timesteps
+from ..core.settings import I4VGenSettings
 from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
@@ -88,7 +88,7 @@ def borrowed(obj: Any, **values: Any) -> Iterator[None]:
 
 
 class HostDenoiser:
-    """``i4vgen_ext.denoiser.Denoiser`` over the running WebUI for one batch of one job."""
+    """``i4vgen_ext.core.denoiser.Denoiser`` over the running WebUI for one batch of one job."""
 
     def __init__(
         self,

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..evs import EVSSettings, parse_sfi_layers
-from ..settings import SettingsError
+from ..core.evs import EVSSettings, parse_sfi_layers
+from ..core.settings import SettingsError
 
 MODES = ("i4vgen", "i4vgen+evs", "evs")
 

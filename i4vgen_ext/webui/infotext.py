@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ..settings import METHOD_FIELDS, I4VGenSettings
+from ..core.settings import METHOD_FIELDS, I4VGenSettings
 from .fields import EXTRA_BY_NAME, EXTRA_FIELDS
 
 INFOTEXT_KEY = "I4VGen"

@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..noise import Noises
-from ..pipeline import run_i4vgen
-from ..settings import I4VGenSettings, SettingsError
+from ..core.noise import Noises
+from ..core.pipeline import run_i4vgen
+from ..core.settings import I4VGenSettings, SettingsError
 from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
 from .anchor import encode_anchor

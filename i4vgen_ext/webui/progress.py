@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-from ..denoiser import StepEvent
+from ..core.denoiser import StepEvent
 
 STAGE_LABELS = {"anchors": "anchor images", "ranking": "ranking candidates", "ni-vsds": "NI-VSDS",
                 "regeneration": "regeneration", "encode-anchor": "encoding the anchor image",

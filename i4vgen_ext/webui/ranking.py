@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
-from ..settings import I4VGenSettings
+from ..core.settings import I4VGenSettings
 
 Loader = Callable[..., Tuple[Any, str]]
 

@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..evs import EVSNoises, EVSResult, EVSSettings, evs_refine
+from ..core.evs import EVSNoises, EVSResult, EVSSettings, evs_refine
 from . import shim
 from .backbone import HostDenoiser, from_host_video, latent_shape
 from .progress import StageProgress

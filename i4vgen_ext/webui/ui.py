@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-from ..settings import FALLBACKS, FIELD_BY_NAME, PRESETS, RANKERS, I4VGenSettings
+from ..core.settings import FALLBACKS, FIELD_BY_NAME, PRESETS, RANKERS, I4VGenSettings
 from .args import UI_ORDER
 from .fields import EVS_FIELDS, EXTRA_BY_NAME, IMAGE, WebUIField
 from .infotext import PASTE_NAMES, paste_getter

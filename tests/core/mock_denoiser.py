@@ -5,9 +5,9 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from i4vgen_ext.denoiser import StepCallback
-from i4vgen_ext.sampling import sample_ddim
-from i4vgen_ext.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
+from i4vgen_ext.core.denoiser import StepCallback
+from i4vgen_ext.core.sampling import sample_ddim
+from i4vgen_ext.core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 
 EpsFn = Callable[[torch.Tensor, int, bool], torch.Tensor]
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i4vgen_ext.anchor_image import fit_to_video, load_anchor_image
-from i4vgen_ext.settings import SettingsError
+from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
+from i4vgen_ext.core.settings import SettingsError
 
 
 def _png_bytes(image):

@@ -3,10 +3,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from i4vgen_ext.evs import EVSSettings, draw_evs_noises, evs_refine, parse_sfi_layers, x0_from_eps
-from i4vgen_ext.sampling import sample_ddim
-from i4vgen_ext.schedule import ScheduleConfig, add_noise
-from i4vgen_ext.settings import SettingsError
+from i4vgen_ext.core.evs import EVSSettings, draw_evs_noises, evs_refine, parse_sfi_layers, x0_from_eps
+from i4vgen_ext.core.sampling import sample_ddim
+from i4vgen_ext.core.schedule import ScheduleConfig, add_noise
+from i4vgen_ext.core.settings import SettingsError
 
 from .mock_denoiser import MockDenoiser
 

@@ -1,9 +1,9 @@
 import torch
 import pytest
 
-from i4vgen_ext.noise import draw_noises, seeded_generator
-from i4vgen_ext.pipeline import progress_plan, run_i4vgen
-from i4vgen_ext.settings import I4VGenSettings
+from i4vgen_ext.core.noise import draw_noises, seeded_generator
+from i4vgen_ext.core.pipeline import progress_plan, run_i4vgen
+from i4vgen_ext.core.settings import I4VGenSettings
 
 from .mock_denoiser import MockDenoiser
 

@@ -1,6 +1,6 @@
 import pytest
 
-from i4vgen_ext.settings import I4VGenSettings, SettingsError, alpha_list, parse_method_args
+from i4vgen_ext.core.settings import I4VGenSettings, SettingsError, alpha_list, parse_method_args
 
 
 def test_official_preset_values():

@@ -1,9 +1,9 @@
 import torch
 import pytest
 
-from i4vgen_ext.noise import draw_noises, seeded_generator
-from i4vgen_ext.schedule import ScheduleConfig, add_noise, alphas_cumprod_for, sampling_timesteps
-from i4vgen_ext.stages import generate_candidates, ni_vsds, regenerate, select_anchor, static_video
+from i4vgen_ext.core.noise import draw_noises, seeded_generator
+from i4vgen_ext.core.schedule import ScheduleConfig, add_noise, alphas_cumprod_for, sampling_timesteps
+from i4vgen_ext.core.stages import generate_candidates, ni_vsds, regenerate, select_anchor, static_video
 
 from .mock_denoiser import MockDenoiser
 
@@ -154,7 +154,7 @@ def test_shape_errors_are_clear():
 
 
 def test_plain_video_is_a_full_video_denoise_from_the_noise():
-    from i4vgen_ext.stages import plain_video
+    from i4vgen_ext.core.stages import plain_video
 
     den = MockDenoiser(steps=5)
     noise, _ = _video_and_noise(frames=3)

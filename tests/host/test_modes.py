@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from i4vgen_ext.anchor_image import fit_to_video, load_anchor_image
+from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import refine
 from i4vgen_ext.webui.anchor import describe_anchor, encode_anchor, image_to_tensor

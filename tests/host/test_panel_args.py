@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from i4vgen_ext.settings import METHOD_FIELDS, SettingsError
+from i4vgen_ext.core.settings import METHOD_FIELDS, SettingsError
 from i4vgen_ext.webui.args import UI_ORDER, is_enabled, parse_script_args
 from i4vgen_ext.webui.fields import EXTRA_NAMES
 

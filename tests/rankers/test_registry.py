@@ -16,7 +16,7 @@ from i4vgen_ext.rankers import (
     register_ranker, unload_cached,
 )
 from i4vgen_ext.rankers.base import DeviceSession
-from i4vgen_ext.stages import select_anchor
+from i4vgen_ext.core.stages import select_anchor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_ranker_the_settings_offer_is_registered() -> None:
-    from i4vgen_ext.settings import FALLBACKS, RANKERS
+    from i4vgen_ext.core.settings import FALLBACKS, RANKERS
 
     assert set(RANKERS) <= set(available_rankers()) and rankers.DEFAULT_RANKER == "imagereward"
     assert tuple(FALLBACKS) == rankers.FALLBACKS

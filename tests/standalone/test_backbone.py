@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i4vgen_ext.denoiser import Denoiser
-from i4vgen_ext.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
+from i4vgen_ext.core.denoiser import Denoiser
+from i4vgen_ext.core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 
 pytestmark = pytest.mark.standalone
 
@@ -189,9 +189,9 @@ def test_description_labels_the_demo_model(demo_backbone):
 
 
 def test_i4vgen_runs_end_to_end_on_the_backbone(demo_backbone):
-    from i4vgen_ext.noise import draw_noises, seeded_generator
-    from i4vgen_ext.pipeline import run_i4vgen
-    from i4vgen_ext.settings import I4VGenSettings
+    from i4vgen_ext.core.noise import draw_noises, seeded_generator
+    from i4vgen_ext.core.pipeline import run_i4vgen
+    from i4vgen_ext.core.settings import I4VGenSettings
 
     settings = I4VGenSettings(prompt=PROMPT, frames=4, candidates=3, steps=2, width=64, height=64)
     noises = draw_noises(seeded_generator(7), frames=4, candidates=3, latent_height=8, latent_width=8)

@@ -18,11 +18,11 @@ from i4vgen_ext.backbones.i2vgen_xl import (
     choose_variant,
     run_i2v_i4vgen,
 )
-from i4vgen_ext.denoiser import Denoiser
-from i4vgen_ext.noise import draw_noises, seeded_generator
-from i4vgen_ext.pipeline import run_i4vgen
-from i4vgen_ext.schedule import add_noise
-from i4vgen_ext.settings import I4VGenSettings
+from i4vgen_ext.core.denoiser import Denoiser
+from i4vgen_ext.core.noise import draw_noises, seeded_generator
+from i4vgen_ext.core.pipeline import run_i4vgen
+from i4vgen_ext.core.schedule import add_noise
+from i4vgen_ext.core.settings import I4VGenSettings
 
 WIDTH, HEIGHT, FRAMES, STEPS, FPS = 80, 64, 4, 4, 12
 TEXT_DIM = IMAGE_DIM = 16  # the UNet projects the CLIP image embedding from cross_attention_dim

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from i4vgen_ext.noise import draw_noises, seeded_generator
-from i4vgen_ext.pipeline import run_i4vgen
-from i4vgen_ext.settings import I4VGenSettings
+from i4vgen_ext.core.noise import draw_noises, seeded_generator
+from i4vgen_ext.core.pipeline import run_i4vgen
+from i4vgen_ext.core.settings import I4VGenSettings
 
 PROMPT = "a corgi running on the beach"
 

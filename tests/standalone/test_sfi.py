@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from i4vgen_ext.backbones.feature_injection import QKVProcessor, select_layers, spatial_self_attention_layers
-from i4vgen_ext.evs import EVSSettings, draw_evs_noises, evs_refine
-from i4vgen_ext.settings import SettingsError
+from i4vgen_ext.core.evs import EVSSettings, draw_evs_noises, evs_refine
+from i4vgen_ext.core.settings import SettingsError
 
 pytestmark = pytest.mark.standalone
 
