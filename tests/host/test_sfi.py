@@ -13,8 +13,8 @@ from torch import nn
 
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import refine
-from i4vgen_ext.webui.attention import (_forward_through, _record_rows, select_layers, spatial_self_attention_layers,
-                                        wrapped_forwards)
+from i4vgen_ext.core.attention import record_rows as _record_rows
+from i4vgen_ext.webui.attention import _forward_through, select_layers, spatial_self_attention_layers, wrapped_forwards
 from i4vgen_ext.webui.backbone import to_host_video
 
 from .conftest import STAGE_TEXT, ad_args, assert_restored, gif_frames, make_p, pasted_values, run, ui_args
