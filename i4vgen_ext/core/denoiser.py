@@ -15,7 +15,7 @@ prompt and the guidance scale, and exposes:
 Progress and interruption flow through ``callback(StepEvent)``; a callback stops a run by raising.
 
 Optional capability, NOT part of the required protocol (EVS's Selective Feature Injection, ``EVSSettings.sfi``,
-needs it and says so when a denoiser lacks it; ``backbones.feature_injection`` implements it for diffusers):
+needs it and says so when a denoiser lacks it; ``core.attention`` implements it, adapted to each host):
 
 * ``record_attention(layers="all", *, timesteps=None)``: a context manager yielding a store. While it is active,
   every video-mode ``predict_noise`` records the spatial self-attention (``attn1`` of the spatial transformer
