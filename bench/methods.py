@@ -1,10 +1,13 @@
 """The methods the benchmark compares, each one generation from prompt to decoded frames on ONE loaded backbone.
 
-* ``plain``: plain AnimateDiff through our loop (``stages.plain_video`` over the backbone's denoiser). Its DDIM is
+Every method of ours runs through ``core.compose.run_mode``, the composition the CLI and the WebUI run, with the
+CLI's noise contract (``compose.seeded_noises``).
+
+* ``plain``: plain AnimateDiff through our loop (``run_mode`` in mode ``plain`` over the backbone's denoiser). Its DDIM is
   diffusers' ``DDIMScheduler`` step for step (``schedule.py``); ``plain-diffusers`` runs diffusers'
   ``AnimateDiffPipeline`` on the same weights and start noise, so the two can be compared frame for frame.
 * ``freeinit-3`` / ``freeinit-5``: diffusers' ``AnimateDiffPipeline.enable_free_init(num_iters=n)``.
-* ``i4vgen-official`` / ``i4vgen-paper``: ``run_i4vgen`` with the two presets.
+* ``i4vgen-official`` / ``i4vgen-paper``: ``run_mode`` in mode ``i4vgen`` with the two presets.
 
 Every method starts from the same seed: plain and FreeInit from the first (1, 4, F, h, w) draw (as ``i4vgen
 generate --mode plain`` does), I4VGen from the noise contract of ``noise.py``.
@@ -16,11 +19,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from i4vgen_ext.core.compose import run_mode, seeded_noises
 from i4vgen_ext.core.denoiser import StepEvent
-from i4vgen_ext.core.noise import draw_noises, seeded_generator
-from i4vgen_ext.core.pipeline import run_i4vgen
+from i4vgen_ext.core.noise import seeded_generator
 from i4vgen_ext.core.settings import I4VGenSettings
-from i4vgen_ext.core.stages import plain_video
 
 from .probes import ComponentProbe, current_rss, now
 
@@ -58,11 +60,14 @@ class BenchSetup:
         return self.backbone.denoiser(self.prompt, self.negative_prompt, self.guidance, self.steps,
                                       image_batch_size=self.image_batch_size)
 
-    def settings(self, preset: str) -> I4VGenSettings:
+    def settings(self, preset: str, mode: str = "i4vgen") -> I4VGenSettings:
         return I4VGenSettings.from_preset(
             preset, prompt=self.prompt, negative_prompt=self.negative_prompt, guidance=self.guidance,
             frames=self.frames, steps=self.steps, candidates=self.candidates, width=self.width, height=self.height,
-            seed=self.seed, ranker=self.ranker_name)
+            seed=self.seed, ranker=self.ranker_name, mode=mode)
+
+    def noises(self, settings: I4VGenSettings):
+        return seeded_noises(settings, *self.latent_size)
 
     def pipeline(self):
         """diffusers' AnimateDiffPipeline over the backbone's own modules (no weight is copied)."""
@@ -109,12 +114,12 @@ def run_plain(setup: BenchSetup) -> Outcome:
     watch = _Stopwatch(b.device)
     denoiser = setup.denoiser()
     watch.lap("text_encoding")
-    noise = setup.plain_noise()
-    stage = plain_video(denoiser, noise)
+    settings = setup.settings("official", mode="plain")
+    result = run_mode(denoiser, settings, setup.noises(settings))
     watch.lap("denoise")
-    frames = b.decode_video(stage.latents)
+    frames = b.decode_video(result.video)
     watch.lap("decode")
-    return Outcome(frames, {"plain": stage.unet_calls, "total": stage.unet_calls}, watch.seconds)
+    return Outcome(frames, dict(result.unet_calls), watch.seconds)
 
 
 def run_diffusers(setup: BenchSetup, iterations: int) -> Outcome:
@@ -173,12 +178,10 @@ def run_i4vgen_preset(setup: BenchSetup, preset: str, probe: Optional[ComponentP
 
     denoiser = setup.denoiser()
     watch.lap("text_encoding")
-    h, w = setup.latent_size
-    noises = draw_noises(seeded_generator(setup.seed), frames=settings.frames, candidates=settings.candidates,
-                         latent_height=h, latent_width=w)
+    noises = setup.noises(settings)
     watch.lap("noise")
-    result = run_i4vgen(denoiser, settings, noises, ranker=ranker, ranker_label=setup.ranker_name,
-                        decode_images=b.decode_images, keep_candidate_images=False, callback=on_step)
+    result = run_mode(denoiser, settings, noises, ranker=ranker, ranker_label=setup.ranker_name,
+                      decode_images=b.decode_images, keep_candidate_images=False, callback=on_step)
     watch.lap("glue")
     frames = b.decode_video(result.video)
     watch.lap("decode")
@@ -196,36 +199,26 @@ def run_i4vgen_preset(setup: BenchSetup, preset: str, probe: Optional[ComponentP
 
 
 def run_with_evs(setup: BenchSetup, base: str) -> Outcome:
-    """``base`` (``plain`` or ``i4vgen``) and then EVS refinement of its latents (``i4vgen_ext.core.evs`` defaults), as
-    ``i4vgen generate --mode <base>+evs`` runs it: one denoiser, the EVS noise continuing the seed's generator."""
-    from i4vgen_ext.core.evs import EVSSettings, draw_evs_noises, evs_refine
-
+    """``base`` (``plain`` or ``i4vgen``) and then EVS refinement of its latents (the settings' EVS defaults), as
+    ``i4vgen generate --mode <base>+evs`` runs it: the same composition and noise contract."""
     b = setup.backbone
     watch = _Stopwatch(b.device)
     denoiser = setup.denoiser()
     watch.lap("text_encoding")
-    generator = seeded_generator(setup.seed)
-    if base == "plain":
-        stage = plain_video(denoiser, setup.plain_noise())
-        video, calls = stage.latents, {"plain": stage.unet_calls}
-        watch.lap("plain")
-    else:
-        settings = setup.settings("official")
-        h, w = setup.latent_size
-        noises = draw_noises(generator, frames=settings.frames, candidates=settings.candidates, latent_height=h,
-                             latent_width=w)
-        result = run_i4vgen(denoiser, settings, noises, ranker=None, ranker_label="none",
-                            decode_images=b.decode_images, keep_candidate_images=False)
-        video, calls = result.video, {k: v for k, v in result.unet_calls.items() if k != "total"}
-        watch.lap("i4vgen")
-    evs = EVSSettings()
-    refined = evs_refine(denoiser, video, draw_evs_noises(generator, tuple(video.shape)), evs)
+    settings = setup.settings("official", mode=f"{base}+evs").replace(ranker="none")
+
+    def lap_at_evs(event: StepEvent) -> None:
+        if event.stage.startswith("evs") and "evs" not in stages_seen:
+            stages_seen.add("evs")
+            watch.lap(base)
+
+    stages_seen: set = set()
+    result = run_mode(denoiser, settings, setup.noises(settings), ranker=None, ranker_label="none",
+                      decode_images=b.decode_images, keep_candidate_images=False, callback=lap_at_evs)
     watch.lap("evs")
-    frames = b.decode_video(refined.latents)
+    frames = b.decode_video(result.video)
     watch.lap("decode")
-    calls.update({f"evs_{k}": v for k, v in refined.unet_calls.items() if k != "total"})
-    calls["total"] = sum(calls.values())
-    return Outcome(frames, calls, watch.seconds, {"evs_plan": evs.plan(setup.steps)})
+    return Outcome(frames, dict(result.unet_calls), watch.seconds, {"evs_plan": settings.evs().plan(setup.steps)})
 
 
 def load_bench_ranker(setup: BenchSetup, extra: Dict[str, Any]):

@@ -1,35 +1,120 @@
-"""The CLI's jobs, each reading top to bottom: check inputs, load, run the stages, write every output."""
+"""The CLI's two jobs on diffusers, each reading top to bottom: check inputs, load, run the one composition
+(``core.compose.run_mode``), write every output whole. They take typed jobs, not parsed arguments: ``cli.py`` is the
+only module that knows argparse."""
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from .core.anchor_image import fit_to_video, load_anchor_image
+from .core.compose import plan_run, run_mode, seeded_noises
 from .core.denoiser import StepEvent
-from .core.noise import draw_noises, seeded_generator
-from .outputs import candidates_sheet, save_latents, write_run_json, write_video
-from .core.pipeline import progress_plan, run_i4vgen
+from .core.evs import draw_evs_noises
+from .core.noise import seeded_generator
 from .core.settings import I4VGenSettings, SettingsError
-from .core.stages import plain_video
+from .outputs import OutputSet, candidates_sheet, save_latents, write_video
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how (``model`` None: the embedded tiny demo model)."""
+
+    backbone: str = "animatediff"
+    model: Optional[str] = None
+    motion_module: Optional[str] = None
+    single_file_config: Optional[str] = None
+    trust_pickle: bool = False
+    loras: Tuple[Tuple[str, float], ...] = ()
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    out: Path
+    formats: Tuple[str, ...] = ("gif",)
+    fps: float = 8.0
+    save_latents: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    settings: I4VGenSettings  # its ``mode`` and ``evs_*`` fields say what runs
+    model: ModelSpec
+    output: OutputSpec
+    anchor_image: Optional[Path] = None
+    image_batch_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    video: Path
+    settings: I4VGenSettings  # prompt, seed, steps, guidance, size and the evs_* fields
+    model: ModelSpec
+    output: OutputSpec
+    max_frames: Optional[int] = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a job; names the stage it stopped in. Nothing was written."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        super().__init__(f"interrupted during {stage}, nothing written")
+
+
+@dataclass
+class _Tracker:
+    """Seconds per named part of the job, and the part running now (for the interrupt message)."""
+
+    seconds: Dict[str, float] = field(default_factory=dict)
+    stage: str = "checks"
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.stage = name.replace("_", " ")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 @contextmanager
-def _progress(total: int, quiet: bool) -> Iterator[Callable[[StepEvent], None]]:
+def _interruptible(tracker: _Tracker, outputs: OutputSet) -> Iterator[None]:
+    """Whatever stops the job, the staging folder goes and the output folder stays as it was."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        outputs.discard()
+        raise Interrupted(tracker.stage) from None
+    except BaseException:
+        outputs.discard()
+        raise
+
+
+@contextmanager
+def _progress(total: int, quiet: bool, tracker: _Tracker) -> Iterator[Callable[[StepEvent], None]]:
     """One bar across all stages; the stage name rides in the description."""
     if quiet:
-        yield lambda event: None
+        def silent(event: StepEvent) -> None:
+            tracker.stage = event.stage
+
+        yield silent
         return
     from tqdm import tqdm
 
     with tqdm(total=total, unit="step", dynamic_ncols=True) as bar:
         def update(event: StepEvent) -> None:
+            tracker.stage = event.stage
             bar.set_description(event.stage)
             bar.update(1)
 
@@ -40,93 +125,68 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-
-def generate(args: argparse.Namespace) -> Path:
-    from .cli import evs_settings_from_args, parse_formats, parse_loras, settings_from_args
-
+def generate(job: GenerateJob) -> Path:
+    settings, spec, output = job.settings, job.model, job.output
     # 1. Check every input before any model work.
-    if args.backbone == "i2vgen-xl":
-        from .backbones.i2vgen_xl import DEFAULTS as I2V_DEFAULTS  # unset flags take I2VGen-XL's own defaults
-
-        args.steps = args.steps or I2V_DEFAULTS["steps"]
-        args.guidance = I2V_DEFAULTS["guidance"] if args.guidance is None else args.guidance
-    settings = settings_from_args(args)
-    formats = parse_formats(args.format)
-    loras = parse_loras(args.lora)
-    evs = evs_settings_from_args(args) if args.mode.endswith("+evs") else None
+    evs = settings.evs() if settings.runs_evs else None
     if evs is not None:
         evs.plan(settings.steps)
-    _check_common(args)
-    if args.backbone == "i2vgen-xl" and args.anchor_image is None:
+    _check_device(spec.device)
+    if spec.backbone == "i2vgen-xl" and job.anchor_image is None:
         raise SettingsError("anchor_image", None, "an image file: the i2vgen-xl backbone animates a given image")
-    if args.backbone == "i2vgen-xl" and args.mode != "i4vgen":
-        raise SettingsError("mode", args.mode, "i4vgen with the i2vgen-xl backbone")
-    if args.anchor_image is not None and args.mode.startswith("plain"):
-        raise SettingsError("anchor_image", str(args.anchor_image), "no anchor image with --mode plain")
-    anchor_image = load_anchor_image(args.anchor_image) if args.anchor_image is not None else None
-    seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
-    settings = settings.replace(seed=seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timer = _Timer()
+    if spec.backbone == "i2vgen-xl" and settings.mode != "i4vgen":
+        raise SettingsError("mode", settings.mode, "i4vgen with the i2vgen-xl backbone")
+    if job.anchor_image is not None and not settings.runs_i4vgen:
+        raise SettingsError("anchor_image", str(job.anchor_image), f"no anchor image with mode {settings.mode}")
+    anchor_image = load_anchor_image(job.anchor_image) if job.anchor_image is not None else None
+    settings = settings.replace(seed=settings.seed if settings.seed >= 0 else random.randrange(2**32))
+    tracker = _Tracker()
+    outputs = OutputSet(output.out)
+    with _interruptible(tracker, outputs):
+        return _generate(job, settings, evs, anchor_image, tracker, outputs)
 
+
+def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tracker: _Tracker,
+              outputs: OutputSet) -> Path:
+    spec, output, seed = job.model, job.output, settings.seed
     # 2. Load the ranker (first: missing weights should fail fast), unless nothing is ranked, then the model.
-    ranked = args.mode.startswith("i4vgen") and anchor_image is None
-    with timer("load_ranker"):
-        ranker, ranker_label = _load_ranker(settings, args.device) if ranked else (None, "not used")
-    with timer("load_model"):
-        backbone = _load_backbone(args, loras)
+    ranked = settings.runs_i4vgen and anchor_image is None
+    with tracker("load_ranker"):
+        ranker, ranker_label = _load_ranker(settings, spec.device) if ranked else (None, "not used")
+    with tracker("load_model"):
+        backbone = _load_backbone(spec)
     width, height = backbone.default_size
     settings = settings.replace(width=settings.width or width, height=settings.height or height)
     if backbone.description.get("demo"):
         print(f"i4vgen: using the {backbone.description['name']}; pass --model for real videos")
-        if args.device == "cpu":
+        if spec.device == "cpu":
             torch.set_num_threads(1)  # tiny layers: more threads only add synchronisation (5x slower on 2 busy cores)
 
-    # 3. Noise in the contract's order, the anchor if one was given, the denoiser.
+    # 3. Noise in the contract's order, the anchor if one was given, the denoisers.
     scale = backbone.vae_scale_factor
-    generator = seeded_generator(seed)
-    noises = draw_noises(generator, frames=settings.frames, candidates=settings.candidates,
-                         latent_height=settings.height // scale, latent_width=settings.width // scale)
+    latent_h, latent_w = settings.height // scale, settings.width // scale
     anchor = None
-    if args.backbone == "i2vgen-xl":
+    if spec.backbone == "i2vgen-xl":
         # The image conditions every call; the pipeline's own crops prepare it, and it is also the anchor.
-        with timer("encode_anchor"):
+        with tracker("encode_anchor"):
             denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps,
                                          anchor_image, width=settings.width, height=settings.height,
-                                         frames=settings.frames, fps=round(args.fps), generator=seeded_generator(seed))
+                                         frames=settings.frames, fps=round(output.fps), generator=seeded_generator(seed))
         anchor = denoiser.image_latent
     else:
         if anchor_image is not None:
-            with timer("encode_anchor"):
+            with tracker("encode_anchor"):
                 fitted = fit_to_video(anchor_image, settings.width, settings.height)
-                anchor = backbone.encode_image(fitted, sample=args.anchor_sample, generator=seeded_generator(seed))
+                anchor = backbone.encode_image(fitted, sample=settings.anchor_sample, generator=seeded_generator(seed))
         denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps,
-                                     image_batch_size=args.image_batch_size)
+                                     image_batch_size=job.image_batch_size)
+    inverter = _inverter(backbone, settings, evs)
+    noises = seeded_noises(settings, latent_h, latent_w, evs=evs)
 
-    # 4. The stages.
-    evs_record: Dict = {}
-    if args.mode.startswith("plain"):
-        plan = {"plain": settings.steps}
-    else:
-        plan = progress_plan(settings, with_anchor_stage=anchor is None)
-    if evs is not None:
-        evs_plan = evs.plan(settings.steps)
-        plan["evs"] = evs_plan["image_steps"] + evs_plan["video_steps"]
+    # 4. The run.
+    plan = plan_run(settings.mode, settings, anchor_given=anchor is not None, evs=evs)
     motion = {"before": getattr(backbone, "motion_module_calls", 0)}
-    with _progress(sum(plan.values()), args.quiet) as bar:
+    with _progress(sum(plan.values()), output.quiet, tracker) as bar:
         def on_step(event: StepEvent) -> None:
             if event.stage == "ranking":
                 motion["after_anchor"] = getattr(backbone, "motion_module_calls", 0)
@@ -134,154 +194,165 @@ def generate(args: argparse.Namespace) -> Path:
                     ranker.unload()  # its weights are not needed by NI-VSDS and regeneration
             bar(event)
 
-        if args.mode.startswith("plain"):
-            # Plain AnimateDiff starts from the first (1, 4, F, h, w) draw of the seed, as diffusers' pipeline does.
-            first = torch.randn((1, 4, settings.frames, settings.height // scale, settings.width // scale),
-                                generator=seeded_generator(seed))
-            with timer("plain"):
-                stage = plain_video(denoiser, first, callback=on_step)
-            video, result = stage.latents, None
-            unet_calls = {"plain": stage.unet_calls}
-        else:
-            result = run_i4vgen(denoiser, settings, noises, ranker=ranker, ranker_label=ranker_label,
-                                decode_images=getattr(backbone, "decode_images", None), anchor=anchor,
-                                callback=on_step)
-            video, unet_calls = result.video, dict(result.unet_calls)
-            timer.seconds.update(result.seconds)
-        if evs is not None:
-            refined = _run_evs(backbone, denoiser, settings, evs, video, generator, on_step, timer)
-            unet_calls["evs"] = refined.unet_calls
-            unet_calls["total"] = unet_calls.get("total", unet_calls.get("plain", 0)) + refined.unet_calls["total"]
-            evs_record["evs"] = {"settings": evs.to_dict(), "timesteps": refined.timesteps}
-            video = refined.latents
-    unet_calls.setdefault("total", sum(v for v in unet_calls.values() if isinstance(v, int)))
+        result = run_mode(denoiser, settings, noises, evs=evs, anchor=anchor,
+                          ranker=ranker, ranker_label=ranker_label,
+                          decode_images=getattr(backbone, "decode_images", None), inversion_denoiser=inverter,
+                          callback=on_step)
+    tracker.seconds.update(result.seconds)
+    i4vgen = result.i4vgen
 
-    # 5. Outputs.
-    with timer("decode_video"):
-        frames = backbone.decode_video(video)
-    with timer("write"):
-        written = [write_video(frames, out / f"video.{fmt}", fps=args.fps).name for fmt in formats]
-        if result is not None and result.candidate_images:
-            candidates_sheet(result.candidate_images, result.scores, result.anchor_index).save(out / "candidates.png")
+    # 5. Outputs, staged and moved into place together.
+    with tracker("decode_video"):
+        frames = backbone.decode_video(result.video)
+    with tracker("write"):
+        written = [write_video(frames, outputs.path(f"video.{fmt}"), fps=output.fps).name for fmt in output.formats]
+        if i4vgen is not None and i4vgen.candidate_images:
+            sheet = candidates_sheet(i4vgen.candidate_images, i4vgen.scores, i4vgen.anchor_index,
+                                     title=_demo_label(backbone))
+            sheet.save(outputs.path("candidates.png"))
             written.append("candidates.png")
-        if args.save_latents:
-            save_latents(out / "latents.safetensors", candidates=result.candidates if result else None,
-                         nivsds=result.nivsds if result else None, final=video)
+        if output.save_latents:
+            save_latents(outputs.path("latents.safetensors"), candidates=i4vgen.candidates if i4vgen else None,
+                         nivsds=i4vgen.nivsds if i4vgen else None, final=result.video)
             written.append("latents.safetensors")
     record = {
-        "mode": args.mode,
+        "mode": settings.mode,
         "settings": settings.to_dict(),
-        "backbone": args.backbone,
+        "backbone": spec.backbone,
         "model": backbone.description,
         "seed": seed,
-        "scores": result.scores if result else None,
-        "anchor_index": result.anchor_index if result else None,
-        "anchor_image": str(args.anchor_image) if args.anchor_image else None,
-        "ranker": result.ranker if result else "not used",
-        "timesteps": ({"nivsds": result.timesteps["nivsds"], "regeneration": result.timesteps["regeneration"]}
-                      if result else {"plain": list(denoiser.timesteps)}),
-        "unet_calls": unet_calls,
+        "scores": result.scores,
+        "anchor_index": result.anchor_index,
+        "anchor_image": str(job.anchor_image) if job.anchor_image else None,
+        "ranker": result.ranker or "not used",
+        "timesteps": _timesteps_record(result),
+        "unet_calls": result.unet_calls,
+        "progress_steps": result.plan,
         "motion_module_calls_in_anchor_stage": (motion.get("after_anchor", motion["before"]) - motion["before"]),
-        **evs_record,
-        "seconds": {k: round(v, 4) for k, v in timer.seconds.items()},
-        "output": {"files": written + ["run.json"], "fps": args.fps, "frames": len(frames),
-                   "device": args.device, "dtype": args.dtype},
+        **({"evs": {"settings": evs.to_dict(), "timesteps": result.evs.timesteps}} if evs is not None else {}),
+        "seconds": {k: round(v, 4) for k, v in tracker.seconds.items()},
+        "output": {"files": written + ["run.json"], "fps": output.fps, "frames": len(frames),
+                   "device": spec.device, "dtype": spec.dtype},
     }
-    write_run_json(out / "run.json", record)
-    summary = f"anchor {result.anchor_index}, " if result else ""
-    print(f"i4vgen: wrote {', '.join(written)} and run.json to {out} ({summary}{unet_calls['total']} UNet calls)")
-    return out
+    outputs.commit(record)
+    print(f"i4vgen: wrote {', '.join(written)} and run.json to {output.out} "
+          f"({_anchor_summary(result)}{result.unet_calls['total']} UNet calls)")
+    return output.out
 
 
-def refine(args: argparse.Namespace) -> Path:
+def _timesteps_record(result) -> Dict[str, List[int]]:
+    if result.i4vgen is None:
+        return {"plain": result.timesteps["plain"]}
+    return {"nivsds": result.timesteps["nivsds"], "regeneration": result.timesteps["regeneration"]}
+
+
+def _anchor_summary(result) -> str:
+    if result.anchor_index is None:
+        return ""
+    if result.anchor_index < 0:
+        return "anchor from your image, "
+    return f"anchor {result.anchor_index}, "
+
+
+def _demo_label(backbone) -> Optional[str]:
+    if backbone.description.get("demo"):
+        return f"{backbone.description['name']} (random weights): not a real model"
+    return None
+
+
+def refine(job: RefineJob) -> Path:
     """EVS refinement of an existing video file."""
-    from .cli import evs_settings_from_args, parse_formats, parse_loras
     from .video_input import fit_frames, read_video_frames, video_size
 
     # 1. Check inputs.
-    evs = evs_settings_from_args(args)
-    formats = parse_formats(args.format)
-    loras = parse_loras(args.lora)
-    _check_common(args)
-    frames_in = read_video_frames(args.video, max_frames=args.frames)
-    width, height = video_size(frames_in, args.width, args.height)
-    seed = args.seed if args.seed is not None and args.seed >= 0 else random.randrange(2**32)
-    settings = I4VGenSettings.from_preset("official", prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                          seed=seed, steps=args.steps, guidance=args.guidance, width=width,
-                                          height=height, frames=len(frames_in), ranker="none")
+    settings, spec, output = job.settings, job.model, job.output
+    evs = settings.evs()
+    _check_device(spec.device)
+    if job.max_frames is not None and job.max_frames < 1:
+        raise SettingsError("frames", job.max_frames, "an integer >= 1 (at most this many input frames)")
+    frames_in = read_video_frames(job.video, max_frames=job.max_frames)
+    width, height = video_size(frames_in, settings.width, settings.height)
+    seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    settings = settings.replace(seed=seed, width=width, height=height, frames=len(frames_in), ranker="none")
     evs.plan(settings.steps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timer = _Timer()
+    tracker = _Tracker()
+    outputs = OutputSet(output.out)
+    with _interruptible(tracker, outputs):
+        # 2. Load, encode the frames.
+        with tracker("load_model"):
+            backbone = _load_backbone(spec)
+        with tracker("encode_video"):
+            latents = [backbone.encode_image(f) for f in fit_frames(frames_in, width, height)]
+            video = torch.stack(latents, dim=1)[None]
+        denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps)
 
-    # 2. Load, encode the frames.
-    with timer("load_model"):
-        args.backbone = "animatediff"
-        backbone = _load_backbone(args, loras)
-    with timer("encode_video"):
-        latents = [backbone.encode_image(f) for f in fit_frames(frames_in, width, height)]
-        video = torch.stack(latents, dim=1)[None]
-    denoiser = backbone.denoiser(settings.prompt, settings.negative_prompt, settings.guidance, settings.steps)
+        # 3. EVS.
+        generator = seeded_generator(seed)
+        steps = evs.progress_steps(settings.steps)
+        with _progress(sum(steps.values()), output.quiet, tracker) as bar, tracker("evs"):
+            from .core.evs import evs_refine
 
-    # 3. EVS.
-    plan = evs.plan(settings.steps)
-    with _progress(plan["image_steps"] + plan["video_steps"], args.quiet) as bar:
-        refined = _run_evs(backbone, denoiser, settings, evs, video, seeded_generator(seed), bar, timer)
+            noises = draw_evs_noises(generator, tuple(video.shape), fresh_bridge_noise=evs.fresh_bridge_noise)
+            refined = evs_refine(denoiser, video, noises, evs, inversion_denoiser=_inverter(backbone, settings, evs),
+                                 callback=bar)
 
-    # 4. Outputs.
-    with timer("decode_video"):
-        frames = backbone.decode_video(refined.latents)
-    written = [write_video(frames, out / f"video.{fmt}", fps=args.fps).name for fmt in formats]
-    if args.save_latents:
-        save_latents(out / "latents.safetensors", input=video, final=refined.latents)
-        written.append("latents.safetensors")
-    write_run_json(out / "run.json", {
-        "mode": "evs",
-        "input": {"video": str(args.video), "frames": len(frames_in), "size": list(frames_in[0].size)},
-        "settings": settings.to_dict(),
-        "evs": {"settings": evs.to_dict(), "timesteps": refined.timesteps},
-        "model": backbone.description,
-        "seed": seed,
-        "unet_calls": {"evs": refined.unet_calls, "total": refined.unet_calls["total"]},
-        "seconds": {k: round(v, 4) for k, v in timer.seconds.items()},
-        "output": {"files": written + ["run.json"], "fps": args.fps, "frames": len(frames),
-                   "device": args.device, "dtype": args.dtype},
-    })
-    print(f"i4vgen: wrote {', '.join(written)} and run.json to {out} ({refined.unet_calls['total']} UNet calls)")
-    return out
-
-
-def _run_evs(backbone, denoiser, settings, evs, video, generator, callback, timer):
-    from .core.evs import draw_evs_noises, evs_refine
-
-    noises = draw_evs_noises(generator, tuple(video.shape), fresh_bridge_noise=evs.fresh_bridge_noise)
-    inverter = backbone.denoiser(settings.prompt, settings.negative_prompt, 1.0, settings.steps) if evs.inversion else None
-    with timer("evs"):
-        return evs_refine(denoiser, video, noises, evs, inversion_denoiser=inverter, callback=callback)
+        # 4. Outputs.
+        with tracker("decode_video"):
+            frames = backbone.decode_video(refined.latents)
+        written = [write_video(frames, outputs.path(f"video.{fmt}"), fps=output.fps).name for fmt in output.formats]
+        if output.save_latents:
+            save_latents(outputs.path("latents.safetensors"), input=video, final=refined.latents)
+            written.append("latents.safetensors")
+        calls = {f"evs_{k}": v for k, v in refined.unet_calls.items() if k != "total"}
+        outputs.commit({
+            "mode": "evs",
+            "input": {"video": str(job.video), "frames": len(frames_in), "size": list(frames_in[0].size)},
+            "settings": settings.to_dict(),
+            "evs": {"settings": evs.to_dict(), "timesteps": refined.timesteps},
+            "model": backbone.description,
+            "seed": seed,
+            "unet_calls": {**calls, "total": refined.unet_calls["total"]},
+            "progress_steps": steps,
+            "seconds": {k: round(v, 4) for k, v in tracker.seconds.items()},
+            "output": {"files": written + ["run.json"], "fps": output.fps, "frames": len(frames),
+                       "device": spec.device, "dtype": spec.dtype},
+        })
+    print(f"i4vgen: wrote {', '.join(written)} and run.json to {output.out} ({refined.unet_calls['total']} UNet calls)")
+    return output.out
 
 
-def _check_common(args: argparse.Namespace) -> None:
-    if args.fps <= 0:
-        raise SettingsError("fps", args.fps, "a number > 0")
-    if getattr(args, "image_batch_size", None) is not None and args.image_batch_size < 1:
-        raise SettingsError("image_batch_size", args.image_batch_size, "an integer >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
+def _inverter(backbone, settings: I4VGenSettings, evs):
+    """EVS's inversion runs without CFG (guidance 1), as DDIM inversion usually is; EVS does not say."""
+    if evs is None or not evs.inversion:
+        return None
+    return backbone.denoiser(settings.prompt, settings.negative_prompt, 1.0, settings.steps)
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("device", "cuda", "cpu (no CUDA device is visible)")
 
 
-def _load_backbone(args: argparse.Namespace, loras):
-    dtype = getattr(torch, args.dtype)
+def _load_backbone(spec: ModelSpec):
+    dtype = getattr(torch, spec.dtype)
     _quiet_library_progress()
-    if args.backbone == "i2vgen-xl":
-        from .backbones.i2vgen_xl import I2VGenXLBackbone
+    try:
+        if spec.backbone == "i2vgen-xl":
+            from .backbones.i2vgen_xl import I2VGenXLBackbone
 
-        if not args.model:
-            raise SettingsError("model", None, "an I2VGen-XL diffusers folder (or hub id when online)")
-        return I2VGenXLBackbone.load(args.model, device=args.device, dtype=dtype)
-    from .backbones.diffusers_backbone import DiffusersBackbone
-
-    return DiffusersBackbone.load(args.model, args.motion_module, loras=loras, device=args.device, dtype=dtype,
-                                  single_file_config=args.single_file_config, trust_pickle=args.trust_pickle)
+            if not spec.model:
+                raise SettingsError("model", None, "an I2VGen-XL diffusers folder (or hub id when online)")
+            return I2VGenXLBackbone.load(spec.model, device=spec.device, dtype=dtype)
+        from .backbones.diffusers_backbone import DiffusersBackbone
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] in ("diffusers", "transformers", "accelerate"):
+            raise ModuleNotFoundError(
+                f"the CLI needs the standalone stack ({error.name} is not installed): "
+                'pip install "i4vgen[standalone]"', name=error.name) from None
+        raise
+    return DiffusersBackbone.load(spec.model, spec.motion_module, loras=list(spec.loras), device=spec.device,
+                                  dtype=dtype, single_file_config=spec.single_file_config,
+                                  trust_pickle=spec.trust_pickle)
 
 
 def _quiet_library_progress() -> None:

@@ -47,18 +47,26 @@ def candidates_sheet(
     *,
     columns: int = 8,
     label_height: int = 14,
+    title: Optional[str] = None,
 ) -> Image.Image:
-    """A contact sheet of the candidates, each captioned with its index and score; the chosen one framed in red."""
+    """A contact sheet of the candidates, each captioned with its index and score; the chosen one framed in red.
+    ``title`` (e.g. the demo model's label) is written above them."""
     w, h = images[0].size
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
     pad = 4
-    sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + label_height + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
+    top = label_height + pad if title else 0
     font = ImageFont.load_default()
+    width = columns * (w + pad) + pad
+    if title:
+        width = max(width, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * pad)
+    sheet = Image.new("RGB", (width, top + rows * (h + label_height + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad), title, fill="red", font=font)
     for k, image in enumerate(images):
         x = pad + (k % columns) * (w + pad)
-        y = pad + (k // columns) * (h + label_height + pad)
+        y = top + pad + (k // columns) * (h + label_height + pad)
         sheet.paste(image.convert("RGB"), (x, y))
         caption = f"#{k}" + (f" {scores[k]:.3f}" if scores is not None else "") + (" *" if k == chosen else "")
         draw.text((x + 1, y + h + 1), caption, fill="red" if k == chosen else "black", font=font)
@@ -68,7 +76,8 @@ def candidates_sheet(
 
 
 def write_run_json(path: Path, record: Dict) -> Path:
-    Path(path).write_text(json.dumps(record, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Strict JSON: a value that is not finite (NaN, inf) is refused rather than written as ``NaN``."""
+    Path(path).write_text(json.dumps(record, indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
     return Path(path)
 
 
@@ -85,6 +94,60 @@ def _jsonable(value):
 def save_latents(path: Path, **tensors: Optional[torch.Tensor]) -> Path:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items() if v is not None},
-              str(path))
+    # clone: stages may hand back the same tensor (regeneration strength 0 keeps the NI-VSDS video), and
+    # safetensors refuses tensors that share memory.
+    save_file({k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in tensors.items()
+               if v is not None}, str(path))
     return Path(path)
+
+
+class OutputSet:
+    """A run's files, written whole or not at all. Files go into a staging folder beside ``out``; ``commit`` moves
+    them in, after removing the previous run's outputs (the files its run.json listed and the names a run writes;
+    nothing else in the folder is touched), with run.json last: a folder with a run.json holds one complete run.
+    ``discard`` (interrupt, error) removes the staging folder and leaves ``out`` as it was."""
+
+    KNOWN = tuple(f"video.{fmt}" for fmt in VIDEO_FORMATS) + ("candidates.png", "latents.safetensors", "run.json")
+
+    def __init__(self, out: Path) -> None:
+        import tempfile
+
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise OSError(f"out = {str(self.out)!r} is a file: expected a folder")
+        parent = self.out.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.i4vgen-", dir=parent))
+        except OSError as error:
+            raise OSError(f"out = {str(self.out)!r} is not writable ({error.strerror or error})") from None
+        self.files: list = []
+
+    def path(self, name: str) -> Path:
+        self.files.append(name)
+        return self.staging / name
+
+    def commit(self, record: Dict) -> Path:
+        write_run_json(self.staging / "run.json", record)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in self._previous_files():
+            (self.out / name).unlink(missing_ok=True)
+        for name in self.files:
+            (self.staging / name).replace(self.out / name)
+        (self.staging / "run.json").replace(self.out / "run.json")
+        self.staging.rmdir()
+        return self.out
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _previous_files(self) -> list:
+        names = ["run.json"]  # first: from here on the folder claims no run until the new one lands
+        try:
+            listed = json.loads((self.out / "run.json").read_text())["output"]["files"]
+            names += [n for n in listed if isinstance(n, str) and Path(n).name == n]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return names + [n for n in self.KNOWN if n not in names]

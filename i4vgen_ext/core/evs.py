@@ -27,71 +27,58 @@ With n_V = 0 (or t2v_step = 0) no block runs and EVS is plain SDEdit in image mo
 """
 from __future__ import annotations
 
-import re
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from .denoiser import Denoiser, StepCallback, notify
 from .schedule import add_noise
-from .settings import SettingsError
+from .settings import (DEFAULTS, EVS_NAMES, FIELD_BY_NAME, SFI_LAYER_PRESETS, SFI_LAYERS_ALLOWED, SettingsError,  # noqa: F401
+                       check, parse_sfi_layers)
 
 
 DEFAULT_VIDEO_STEPS = 4
-SFI_LAYER_PRESETS = ("deep", "shallow", "all")
-SFI_LAYERS_ALLOWED = ('"deep" (mid block + lowest-resolution blocks), "shallow" (highest-resolution blocks), "all", '
-                      'or a comma list of UNet module-name prefixes: diffusers names such as "mid_block,up_blocks.1" '
-                      'in the CLI, ldm names such as "middle_block,output_blocks.3" in the WebUI')
-_MODULE_PREFIX = re.compile(r"^[A-Za-z_]\w*(?:\.\w+)*$")
 
 
-def parse_sfi_layers(text: str) -> Union[str, Tuple[str, ...]]:
-    """A layer selection: one of ``SFI_LAYER_PRESETS``, or the tuple of module-name prefixes of a comma list."""
-    if not isinstance(text, str):
-        raise ValueError(f"a layer selection is a string, got {text!r}")
-    if text.strip() in SFI_LAYER_PRESETS:
-        return text.strip()
-    prefixes = tuple(p.strip() for p in text.split(","))
-    if not all(_MODULE_PREFIX.match(p) for p in prefixes):
-        raise ValueError(f"not a layer selection: {text!r}")
-    return prefixes
+def _evs_default(attr: str) -> Any:
+    return field(default=DEFAULTS[f"evs_{attr}"])
 
 
 @dataclass(frozen=True)
 class EVSSettings:
-    strength: float = 0.4
-    t2v_step: int = -1  # -1: the middle T2I step
-    video_strength: float = 0.3
-    video_steps: int = -1  # -1: min(4, int(S * video_strength))
-    fresh_bridge_noise: bool = True
-    inversion: bool = False
-    sfi: bool = False
-    sfi_gamma: float = 0.8
-    sfi_layers: str = "deep"
+    """The ``evs_*`` settings of ``settings.FIELDS`` (defaults, ranges and help live there) without the prefix."""
+
+    strength: float = _evs_default("strength")
+    t2v_step: int = _evs_default("t2v_step")  # -1: the middle T2I step
+    video_strength: float = _evs_default("video_strength")
+    video_steps: int = _evs_default("video_steps")  # -1: min(4, int(S * video_strength))
+    fresh_bridge_noise: bool = _evs_default("fresh_bridge_noise")
+    inversion: bool = _evs_default("inversion")
+    sfi: bool = _evs_default("sfi")
+    sfi_gamma: float = _evs_default("sfi_gamma")
+    sfi_layers: str = _evs_default("sfi_layers")
 
     def __post_init__(self) -> None:
-        for name in ("strength", "video_strength"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise SettingsError(f"evs_{name}", value, "a number in (0, 1]")
-        if isinstance(self.video_steps, bool) or not isinstance(self.video_steps, int) or self.video_steps < -1:
-            raise SettingsError("evs_video_steps", self.video_steps, "-1 (auto) or an integer >= 0")
-        if isinstance(self.t2v_step, bool) or not isinstance(self.t2v_step, int) or self.t2v_step < -1:
-            raise SettingsError("evs_t2v_step", self.t2v_step, "-1 (middle), 0 (no block) or a T2I step number >= 1")
-        if not isinstance(self.sfi, bool):
-            raise SettingsError("evs_sfi", self.sfi, "true or false")
+        for attr, value in asdict(self).items():
+            spec = FIELD_BY_NAME[f"evs_{attr}"]
+            kinds = (int, float) if spec.kind is float else (spec.kind,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and spec.kind is not bool):
+                raise SettingsError(spec.name, value, spec.allowed())
+            check(spec, value)
         if self.sfi and not self.inversion:
             raise SettingsError("evs_sfi", self.sfi, "false unless evs_inversion is on (SFI injects the features that "
                                                      "the DDIM inversion records)")
-        gamma = self.sfi_gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
-            raise SettingsError("evs_sfi_gamma", gamma, "a number in [0, 1]")
-        try:
-            parse_sfi_layers(self.sfi_layers)
-        except ValueError:
-            raise SettingsError("evs_sfi_layers", self.sfi_layers, SFI_LAYERS_ALLOWED) from None
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> "EVSSettings":
+        """From ``evs_*`` names (missing ones take the defaults)."""
+        return cls(**{name[len("evs_"):]: value for name, value in values.items() if name in EVS_NAMES})
+
+    def to_fields(self) -> Dict[str, Any]:
+        """The settings under their ``evs_*`` names (API, infotext)."""
+        return {f"evs_{attr}": value for attr, value in asdict(self).items()}
 
     def plan(self, steps: int) -> Dict[str, int]:
         """Step counts for S sampling steps: T2I steps, the block's step number, t_V's index and n_V."""
@@ -109,6 +96,16 @@ class EVSSettings:
         runs_block = block_at > 0 and video_steps > 0
         return {"image_steps": image_steps, "block_at": block_at if runs_block else 0,
                 "video_start_index": steps - video_total, "video_steps": video_steps if runs_block else 0}
+
+    def progress_steps(self, steps: int) -> Dict[str, int]:
+        """Steps EVS reports through the callback, per stage: T2I steps, video steps and, with inversion, the
+        inversion's steps up to t_V."""
+        plan = self.plan(steps)
+        inversion = steps - plan["video_start_index"] if self.inversion and plan["block_at"] else 0
+        out = {"evs-image": plan["image_steps"], "evs-video": plan["video_steps"]}
+        if inversion:
+            out["evs-inversion"] = inversion
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,7 +1,8 @@
 """The script's arguments: positional UI values or one API dict, parsed into an ``I4VGenSettings`` request.
 
-The UI order is ``enable``, the core's ``METHOD_FIELDS`` in order, ``return_candidates``, then the WebUI's own
-``fields.EXTRA_NAMES`` (mode, anchor image, EVS settings), appended so older positional API calls still line up.
+The UI order is ``enable``, the core's ``METHOD_FIELDS`` in order, ``return_candidates``, then ``EXTRA_NAMES``
+(mode, anchor image, EVS settings), appended so older positional API calls still line up. Every value is checked by
+the core's one ``coerce``.
 Under the API the first slot may instead hold a dict with any subset of those names (A1111 copies
 ``alwayson_scripts.I4VGen.args`` positionally and unconverted into ``p.script_args``, ``modules/api/api.py``
 ``Api.init_script_args``)."""
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..core.evs import EVSSettings
-from ..core.settings import FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError, parse_method_args
+from ..core.settings import (EXTRA_NAMES, FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError,
+                             parse_method_args, to_bool)
 from .anchor import decode_anchor_arg, describe_anchor
-from .fields import EXTRA_BY_NAME, EXTRA_NAMES, as_bool, coerce_extra, evs_record, evs_settings
+from .fields import WEBUI_MODES
 
 HOST_KEYS = ("enable", "return_candidates")
+_PASSED_ON = ("mode", "anchor_image")  # checked here: the WebUI's mode names, the image's own decoder
 UI_ORDER = ("enable",) + METHOD_FIELDS + ("return_candidates",) + EXTRA_NAMES
 
 
@@ -45,25 +48,33 @@ class ScriptArgs:
             record["anchor_image"] = self.anchor_label
             record["anchor_sample"] = self.anchor_sample
         if self.runs_evs:
-            record.update(evs_record(self.evs))
+            record.update(self.evs.to_fields())
         return record
+
+    @property
+    def core_mode(self) -> str:
+        return WEBUI_MODES[self.mode]
 
 
 def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:
-    checked = parse_method_args(values, extra=HOST_KEYS + EXTRA_NAMES)
+    extras = {name: values[name] for name in EXTRA_NAMES if name in values}  # None: unset, as in the panel
+    values = {k: v for k, v in values.items() if k not in extras or v is not None}
+    named = tuple(n for n in EXTRA_NAMES if n not in _PASSED_ON)
+    checked = parse_method_args(values, extra=HOST_KEYS + _PASSED_ON, names=METHOD_FIELDS + named)
     extras = {name: checked.pop(name) for name in EXTRA_NAMES if name in checked}
-    image_arg = extras.pop("anchor_image", None)
-    extras = {name: coerce_extra(name, value) for name, value in extras.items() if value is not None}
-    image = decode_anchor_arg(image_arg)
+    mode = extras.pop("mode", "i4vgen")
+    if mode not in WEBUI_MODES:
+        raise SettingsError("mode", mode, "one of " + ", ".join(WEBUI_MODES))
+    image = decode_anchor_arg(extras.pop("anchor_image", None))
     return ScriptArgs(
-        enable=as_bool("enable", checked.pop("enable", False)),
-        return_candidates=as_bool("return_candidates", checked.pop("return_candidates", False)),
+        enable=to_bool("enable", checked.pop("enable", False)),
+        return_candidates=to_bool("return_candidates", checked.pop("return_candidates", False)),
         method=checked,
-        mode=extras.get("mode", EXTRA_BY_NAME["mode"].default),
+        mode=mode,
         anchor_image=image,
         anchor_label=describe_anchor(image) if image is not None else "",
         anchor_sample=extras.get("anchor_sample", False),
-        evs=evs_settings(extras),
+        evs=EVSSettings.from_fields(extras),
     )
 
 
@@ -101,5 +112,6 @@ def build_settings(
         raise SettingsError("preset", preset, FIELD_BY_NAME["preset"].allowed())
     return I4VGenSettings.from_preset(
         preset, **method, prompt=prompt, negative_prompt=negative_prompt, seed=int(seed) % 2**32,
-        frames=frames, steps=steps, guidance=float(guidance),
+        frames=frames, steps=steps, guidance=float(guidance), mode=request.core_mode,
+        anchor_sample=request.anchor_sample, **request.evs.to_fields(),
     )

@@ -130,6 +130,15 @@ class HostDenoiser:
     def timesteps(self) -> List[int]:
         return self._timesteps
 
+    # Per-job state, set by the job through these methods only ----------------------------------------------
+    def bind_job_sampler(self) -> None:
+        """Make the job's sampler (``p.sampler``, used by regeneration) now, while the motion module is injected."""
+        self.p.sampler = self._new_sampler()
+
+    def keep_partial(self, video: torch.Tensor) -> None:
+        """Remember a finished video (1, 4, F, h, w): what an interrupt in a later stage returns."""
+        self.last_video = to_host_video(video)
+
     # Helpers -----------------------------------------------------------------------------------------------
     def _new_sampler(self, *, counted: bool = True) -> Any:
         sampler = shim.sd_samplers().create_sampler(self.p.sampler_name, self.p.sd_model)
@@ -244,7 +253,31 @@ class HostDenoiser:
             return self._anchors(noise, steps, stage, callback)
         if video and x is not None:
             return self._regenerate(x, noise, steps, stage, callback)
-        raise ValueError("the WebUI backbone runs full denoises in image mode and partial ones in video mode")
+        if video and x is None and steps == self.p.steps:
+            return self._plain(noise, stage, callback)
+        raise ValueError("the WebUI backbone runs full denoises (image mode: anchors; video mode: AnimateDiff's own "
+                         "video) and partial ones in video mode")
+
+    def _plain(self, noise: torch.Tensor, stage: str, callback: Optional[StepCallback]) -> torch.Tensor:
+        """AnimateDiff's own video, made as the host's txt2img ``sample`` makes it from ``noise`` (its first draw
+        of ``p.rng``): a fresh sampler of the user's choice as ``p.sampler``, the noise multiplier, the scripts'
+        ``process_before_every_sampling``, then ``Sampler.sample`` with the motion module in."""
+        p = self.p
+        if self.on_stage is not None:
+            self.on_stage(stage)
+        self.motion.video()
+        p.sampler = self._new_sampler()
+        x = to_host_video(noise)
+        if getattr(p, "initial_noise_multiplier", 1.0) != 1.0:
+            p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
+            x = x * p.initial_noise_multiplier
+        if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
+            p.scripts.process_before_every_sampling(p=p, x=x, noise=x, c=p.c, uc=p.uc)
+        with self._step_events(p.sampler, stage, p.steps, callback):
+            samples = p.sampler.sample(p, x, p.c, p.uc, image_conditioning=p.txt2img_image_conditioning(x))
+        self.last_video = samples
+        self._check_interrupt()  # the host's sampler returns its last latent when interrupted
+        return from_host_video(samples.float())
 
     def _anchors(self, noise: torch.Tensor, steps: int, stage: str, callback: Optional[StepCallback]) -> torch.Tensor:
         p = self.p

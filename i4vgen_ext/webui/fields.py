@@ -1,128 +1,65 @@
-"""The WebUI's own arguments after the core's method knobs: the mode, the user anchor image and the EVS settings.
-
-One table drives the panel's controls, the API dict keys, validation and the infotext, as ``settings.FIELDS`` does
-for the I4VGen knobs. The EVS defaults are ``EVSSettings()``'s (documented in ``i4vgen_ext/evs.py``: ours, the
-EVS authors' code is not public)."""
+"""How the panel presents the settings of ``core.settings.FIELDS``: labels, slider steps, grouping, and the
+WebUI's names for the modes. Names, kinds, defaults, ranges and help come from the table; nothing here validates."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-from ..core.evs import EVSSettings, parse_sfi_layers
-from ..core.settings import SettingsError
+from ..core.settings import EXTRA_NAMES, FIELD_BY_NAME, FieldSpec  # noqa: F401  (EXTRA_NAMES: the panel's order)
 
-MODES = ("i4vgen", "i4vgen+evs", "evs")
-
-
-class IMAGE:
-    """Kind of the anchor image field: a PIL image (panel) or a base64 string (API), decoded by ``anchor``."""
-
-_EVS = EVSSettings()
-SFI_LAYERS_ALLOWED = ('"deep", "shallow", "all", or a comma list of ldm module-name prefixes (input_blocks.N, '
-                      'middle_block, output_blocks.N), e.g. "middle_block,output_blocks.3"')
+# In the WebUI "plain" is I4VGen switched off, so the panel offers the other modes; "evs" is its name for
+# "plain+evs": AnimateDiff's own video, then EVS refinement.
+WEBUI_MODES: Dict[str, str] = {"i4vgen": "i4vgen", "i4vgen+evs": "i4vgen+evs", "evs": "plain+evs"}
+MODE_HELP = ("i4vgen: I4VGen. i4vgen+evs: I4VGen, then EVS refinement of its video. evs: AnimateDiff's own video, "
+             "then EVS refinement (EVS refine after generation).")
 
 
 @dataclass(frozen=True)
-class WebUIField:
-    name: str
-    kind: Any  # bool, int, float, str (choices: a radio; none: free text) or IMAGE
-    default: Any
+class Presentation:
     label: str
-    help: str
-    choices: Tuple[str, ...] = ()
-    minimum: Optional[float] = None  # panel range; EVSSettings checks the real one
-    maximum: Optional[float] = None
-    step: float = 0.01
-    evs: Optional[str] = None  # the EVSSettings attribute this field sets
+    step: Optional[float] = None  # sliders
+    control: str = ""  # "dropdown", "radio" or "slider"; "" = by kind (checkbox, image, number, textbox)
+    info: str = ""  # replaces the table's help under the control
 
 
-EXTRA_FIELDS: Tuple[WebUIField, ...] = (
-    WebUIField("mode", str, "i4vgen", "Mode",
-               "i4vgen: I4VGen. i4vgen+evs: I4VGen, then EVS refinement of its video. evs: AnimateDiff's own "
-               "video, then EVS refinement (EVS refine after generation).", choices=MODES),
-    WebUIField("anchor_image", IMAGE, None, "Anchor image (optional)",
-               "Use this image as the anchor: no candidates, no ranker; resized and centre-cropped to the video "
-               "size, VAE-encoded. API: base64 (a data: URL prefix is allowed)."),
-    WebUIField("anchor_sample", bool, False, "Sample the VAE posterior",
-               "Encode the anchor image with a posterior sample (seeded by the batch seed) instead of its mean."),
-    WebUIField("evs_strength", float, _EVS.strength, "EVS strength s_I",
-               "SDEdit strength of the image-mode pass: int(S * s_I) T2I steps.", minimum=0.01, maximum=1.0,
-               evs="strength"),
-    WebUIField("evs_t2v_step", int, _EVS.t2v_step, "EVS video-block step",
-               "T2I step (1-based) whose x0 prediction enters the video block; -1: the middle one; 0: no block "
-               "(plain SDEdit in image mode).", minimum=-1, evs="t2v_step"),
-    WebUIField("evs_video_strength", float, _EVS.video_strength, "EVS video strength s_V",
-               "Noise level the video block starts from: t_V = timesteps[S - int(S * s_V)].", minimum=0.01,
-               maximum=1.0, evs="video_strength"),
-    WebUIField("evs_video_steps", int, _EVS.video_steps, "EVS video steps n_V",
-               "Video steps in the block, 0..int(S * s_V); -1: min(4, int(S * s_V)).", minimum=-1,
-               evs="video_steps"),
-    WebUIField("evs_fresh_bridge_noise", bool, _EVS.fresh_bridge_noise, "Fresh bridge noise",
-               "Re-noise into and out of the video block with fresh draws (off: reuse the SDEdit noise).",
-               evs="fresh_bridge_noise"),
-    WebUIField("evs_inversion", bool, _EVS.inversion, "DDIM inversion to t_V",
-               "Reach t_V by DDIM inversion with the video model (no CFG, extra calls) instead of SDEdit noising.",
-               evs="inversion"),
-    WebUIField("evs_sfi", bool, _EVS.sfi, "Selective Feature Injection (SFI)",
-               "Needs DDIM inversion: the video steps attend, in the chosen layers, with the inversion's spatial "
-               "self-attention K, V and the query gamma*Q_inv + (1-gamma)*Q (EVS Eq. 11). No extra UNet calls.",
-               evs="sfi"),
-    WebUIField("evs_sfi_gamma", float, _EVS.sfi_gamma, "SFI gamma",
-               "Query mix: 1 = the inversion's query; the paper's points: 0.8 deep, 0.5 shallow.", minimum=0.0,
-               maximum=1.0, step=0.05, evs="sfi_gamma"),
-    WebUIField("evs_sfi_layers", str, _EVS.sfi_layers, "SFI layers",
-               "deep (middle block + lowest-resolution input/output blocks), shallow (highest-resolution ones), "
-               "all, or ldm module-name prefixes such as middle_block,output_blocks.3.", evs="sfi_layers"),
+PRESENTATION: Dict[str, Presentation] = {
+    "preset": Presentation("Preset", control="dropdown"),
+    "candidates": Presentation("Candidates N", 1, "slider"),
+    "nivsds_fraction": Presentation("NI-VSDS fraction", 0.02, "slider"),
+    "regen_strength": Presentation("Regeneration strength", 0.02, "slider"),
+    "alpha_schedule": Presentation("NI-VSDS step sizes (alpha schedule)"),
+    "ranker": Presentation("Ranker", control="dropdown"),
+    "ranker_fallback": Presentation("Ranker fallback", control="dropdown"),
+    "ranker_path": Presentation("Ranker folder (optional)"),
+    "anchor_index": Presentation("Manual anchor index (-1: ranker)", info="Click a candidate below to pick it."),
+    "mode": Presentation("Mode", control="radio"),
+    "anchor_image": Presentation("Anchor image (optional)"),
+    "anchor_sample": Presentation("Sample the VAE posterior"),
+    "evs_strength": Presentation("EVS strength s_I", 0.01, "slider"),
+    "evs_t2v_step": Presentation("EVS video-block step"),
+    "evs_video_strength": Presentation("EVS video strength s_V", 0.01, "slider"),
+    "evs_video_steps": Presentation("EVS video steps n_V"),
+    "evs_fresh_bridge_noise": Presentation("Fresh bridge noise"),
+    "evs_inversion": Presentation("DDIM inversion to t_V"),
+    "evs_sfi": Presentation("Selective Feature Injection (SFI)"),
+    "evs_sfi_gamma": Presentation("SFI gamma", 0.05, "slider"),
+    "evs_sfi_layers": Presentation("SFI layers"),
+}
+# Rows of the panel, top to bottom (names not listed in a row get one of their own).
+ROWS: Tuple[Tuple[str, ...], ...] = (
+    ("preset", "candidates"), ("nivsds_fraction", "regen_strength"), ("alpha_schedule",),
+    ("ranker", "ranker_fallback"), ("ranker_path",),
 )
-EXTRA_BY_NAME: Dict[str, WebUIField] = {f.name: f for f in EXTRA_FIELDS}
-EXTRA_NAMES: Tuple[str, ...] = tuple(f.name for f in EXTRA_FIELDS)
-EVS_FIELDS: Tuple[WebUIField, ...] = tuple(f for f in EXTRA_FIELDS if f.evs)
+EVS_ROWS: Tuple[Tuple[str, ...], ...] = (
+    ("evs_strength", "evs_t2v_step"), ("evs_video_strength", "evs_video_steps"),
+    ("evs_fresh_bridge_noise", "evs_inversion"), ("evs_sfi", "evs_sfi_gamma", "evs_sfi_layers"),
+)
 
 
-def as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise SettingsError(name, value, "true or false")
+def spec(name: str) -> FieldSpec:
+    return FIELD_BY_NAME[name]
 
 
-def coerce_extra(name: str, value: Any) -> Any:
-    """A panel/API/infotext value in the field's type (the anchor image is decoded elsewhere)."""
-    spec = EXTRA_BY_NAME[name]
-    if spec.kind is bool:
-        return as_bool(name, value)
-    try:
-        if spec.kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if spec.kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if spec.kind is int else "a number"
-        raise SettingsError(name, value, kind) from None
-    if spec.choices and (not isinstance(value, str) or value not in spec.choices):
-        raise SettingsError(name, value, "one of " + ", ".join(spec.choices))
-    if name == "evs_sfi_layers":
-        try:
-            parse_sfi_layers(value)
-        except ValueError:
-            raise SettingsError(name, value, SFI_LAYERS_ALLOWED) from None
-    elif not isinstance(value, str):
-        raise SettingsError(name, value, "text")
-    return value
-
-
-def evs_settings(values: Mapping[str, Any]) -> EVSSettings:
-    """``EVSSettings`` from checked ``evs_*`` values (missing ones take the defaults); it names bad values."""
-    return EVSSettings(**{f.evs: values.get(f.name, f.default) for f in EVS_FIELDS})
-
-
-def evs_record(evs: EVSSettings) -> Dict[str, Any]:
-    """The EVS settings under their API/infotext names."""
-    return {f.name: getattr(evs, f.evs) for f in EVS_FIELDS}
+def default(name: str):
+    """The panel's default: the table's, with the mode under its WebUI name."""
+    return "i4vgen" if name == "mode" else FIELD_BY_NAME[name].default

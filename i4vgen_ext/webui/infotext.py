@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ..core.settings import METHOD_FIELDS, I4VGenSettings
-from .fields import EXTRA_BY_NAME, EXTRA_FIELDS
+from ..core.settings import EXTRA_NAMES, METHOD_FIELDS, I4VGenSettings
+from .fields import default
 
 INFOTEXT_KEY = "I4VGen"
 
@@ -74,12 +74,12 @@ def paste_getter(name: str) -> Callable[[Mapping[str, Any]], Any]:
             import gradio as gr
 
             return gr.update(value=None)
-        if name in EXTRA_BY_NAME:
-            return record.get(name, EXTRA_BY_NAME[name].default)
+        if name in EXTRA_NAMES:
+            return record.get(name, default(name))
         return record.get(name)
 
     get.__name__ = f"i4vgen_paste_{name}"
     return get
 
 
-PASTE_NAMES = ("enable",) + METHOD_FIELDS + ("return_candidates",) + tuple(f.name for f in EXTRA_FIELDS)
+PASTE_NAMES = ("enable",) + METHOD_FIELDS + ("return_candidates",) + EXTRA_NAMES

@@ -6,9 +6,8 @@ Hook plan (A1111 1.10.1 ``modules/processing.py`` ``process_images_inner``; AD's
   is unsupported, plan the progress bar. A1111 swallows exceptions raised in script hooks
   (``ScriptRunner.process`` -> ``errors.report``), so a refusal is delivered by a ``p.sample`` that raises it: the
   job stops before any UNet call, with the message in the UI and in the API's error body.
-* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``, which makes the batch's
-  video by the mode (I4VGen; AnimateDiff's own sampling for "evs") and refines it with EVS for the "+evs"/"evs"
-  modes. Whatever happens inside, ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and
+* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``, which runs the core's
+  ``run_mode`` (I4VGen, or AnimateDiff's own sampling for "evs", then EVS for "+evs"/"evs") over ``HostDenoiser``. Whatever happens inside, ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and
   the motion module is injected with the exact schedule tensors it had.
 * ``Script.postprocess`` (ordered after AnimateDiff's, see metadata.ini): infotext as plain text, candidates."""
 from __future__ import annotations
@@ -21,8 +20,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..core.compose import RunNoises, RunObserver, run_mode
 from ..core.noise import Noises
-from ..core.pipeline import run_i4vgen
 from ..core.settings import I4VGenSettings, SettingsError
 from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
@@ -33,7 +32,7 @@ from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
 from .infotext import INFOTEXT_KEY, infotext_value
 from .progress import StageProgress, jobs_per_batch, plan_job_count
 from .ranking import RankerCache
-from .refine import evs_calls, refine_video
+from .refine import DRAWS_BEFORE_EVS, host_evs_noises
 
 log = logging.getLogger("i4vgen")
 
@@ -216,9 +215,7 @@ def cond_lengths_differ(p: Any) -> bool:
     if not prompts or not negatives:
         return True
     try:
-        from modules import sd_hijack
-
-        lengths = sd_hijack.model_hijack.get_prompt_lengths
+        lengths = shim.module("sd_hijack").model_hijack.get_prompt_lengths
         return lengths(prompts[0])[1] != lengths(negatives[0])[1]
     except Exception:  # another host or model family: keep the warning
         return True
@@ -306,8 +303,26 @@ def decoder(p: Any, progress: StageProgress) -> Callable[[torch.Tensor], list]:
     return decode
 
 
+class _BatchObserver(RunObserver):
+    """The run's phase boundaries in the WebUI: a video stage that EVS follows ends its progress job, keeps its
+    video for an interrupt during EVS, and EVS gets one bar."""
+
+    def __init__(self, denoiser: HostDenoiser, progress: StageProgress, runs_evs: bool) -> None:
+        self.denoiser, self.progress, self.runs_evs = denoiser, progress, runs_evs
+
+    def phase_started(self, phase: str, steps: int) -> None:
+        if phase == "evs":
+            self.progress.evs_started(steps)
+
+    def phase_finished(self, phase: str, latents: torch.Tensor) -> None:
+        if phase == "video" and self.runs_evs:
+            self.progress.stage_finished()
+            self.denoiser.keep_partial(latents)
+
+
 def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tensor:
-    """One batch (one video of ``p.batch_size`` frames) in place of ``p.sample``: the video by the mode, then EVS."""
+    """One batch (one video of ``p.batch_size`` frames) in place of ``p.sample``: the core's ``run_mode`` over the
+    host's denoiser, with the host's noise."""
     request = plan.request
     progress = StageProgress(shim.state(), tqdm=getattr(shim.shared(), "total_tqdm", None), anchor_chunks=plan.chunks)
     progress.begin()
@@ -316,22 +331,42 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
     denoiser: Optional[HostDenoiser] = None
     try:
         settings = resolve_settings(p, request, plan.default_preset, p.seeds[0])
-        denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=[], chunk_size=plan.chunk_size,
+        ranked = request.runs_i4vgen and request.anchor_image is None
+        rngs = candidate_rngs(p, settings.candidates, plan.chunk_size) if ranked else []
+        denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=rngs, chunk_size=plan.chunk_size,
                                 on_anchor_chunk=progress.on_anchor_chunk, on_stage=progress.stage)
-        if request.runs_i4vgen:
-            video, outcome = i4vgen_video(p, plan, settings, denoiser, ranker_cache, progress)
-        else:
-            video, outcome = animatediff_video(p, denoiser, progress)
-        if request.runs_evs:
-            progress.stage_finished()
-            denoiser.last_video = to_host_video(video)
+        seconds: Dict[str, float] = {}
+        anchor, ranker, label = None, None, None
+        if request.anchor_image is not None:  # paper 4.5: no candidates, no ranker
+            progress.stage("encode-anchor")
             started = time.perf_counter()
-            refined = refine_video(p, denoiser, video, request.evs, mode=request.mode, progress=progress)
-            outcome.seconds["evs"] = time.perf_counter() - started
-            outcome.unet_calls.update(evs_calls(refined))
-            video = refined.latents
+            anchor = encode_anchor(p, request.anchor_image, sample=request.anchor_sample, seed=int(p.seeds[0]))
+            anchor = anchor.to(shim.devices().device)
+            seconds["encode_anchor"] = time.perf_counter() - started
+        elif ranked:
+            try:
+                ranker, label = ranker_cache.get(settings, device=shim.devices().device, models_dir=plan.models_dir)
+            except Exception as error:  # RankerLoadError (and friends): fallback 'error' stops the job here
+                raise I4VGenError(f"I4VGen: {error}\n(set 'ranker fallback' to 'none' to continue with candidate 0, "
+                                  "or choose a manual anchor index)") from error
+        noises = host_noises(p, request, settings, rngs)
+        if request.runs_i4vgen:
+            denoiser.bind_job_sampler()
+        evs = settings.evs() if request.runs_evs else None
+        result = run_mode(
+            denoiser, settings, noises, evs=evs, anchor=anchor, ranker=ranker, ranker_label=label,
+            decode_images=decoder(p, progress), keep_candidate_images=request.return_candidates,
+            evs_denoiser=denoiser.variant(phase="evs") if evs is not None else None,
+            # Inversion is run without CFG (guidance 1), as DDIM inversion usually is; EVS does not say.
+            inversion_denoiser=denoiser.variant(phase="evs-inversion", guidance=1.0) if evs and evs.inversion else None,
+            callback=progress, observer=_BatchObserver(denoiser, progress, request.runs_evs),
+        )
+        seconds.update(result.seconds)
+        calls = {k: v for k, v in result.unet_calls.items() if k != "total"}
+        outcome = BatchOutcome(int(p.iteration), "", result.anchor_index, result.ranker, result.scores,
+                               result.candidate_images, calls, seconds)
         record(p, plan, settings, outcome)
-        return to_host_video(video)
+        return to_host_video(result.video)
     except shim.interrupted_exception():
         log.info("I4VGen: interrupted or skipped")
         plan.outcomes.append(BatchOutcome(int(p.iteration), "", None, None, None, None, {}, {}, interrupted=True))
@@ -355,65 +390,26 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
         plan.progress_log.extend(progress.log)
 
 
-def raise_if_interrupted() -> None:
-    state = shim.state()
-    if state.interrupted or state.skipped:
-        raise shim.interrupted_exception()
-
-
-def i4vgen_video(p: Any, plan: JobPlan, settings: I4VGenSettings, denoiser: HostDenoiser, ranker_cache: RankerCache,
-                 progress: StageProgress) -> Tuple[torch.Tensor, BatchOutcome]:
-    """I4VGen's video (1, 4, F, h, w): anchor (candidates + ranking, or the user's image), NI-VSDS, regeneration."""
-    request = plan.request
-    seconds: Dict[str, float] = {}
-    anchor = None
-    if request.anchor_image is not None:  # paper 4.5: no candidates, no ranker
-        progress.stage("encode-anchor")
-        started = time.perf_counter()
-        anchor = encode_anchor(p, request.anchor_image, sample=request.anchor_sample, seed=int(p.seeds[0]))
-        anchor = anchor.to(shim.devices().device)
-        seconds["encode_anchor"] = time.perf_counter() - started
-        ranker, label = None, "anchor image"
-        candidate_noise = torch.zeros((0, *latent_shape(p)))
+def host_noises(p: Any, request: ScriptArgs, settings: I4VGenSettings, rngs: List[Any]) -> RunNoises:
+    """The host's own noise: candidate k from seed ``seeds[0] + k``; the batch's first ``p.rng`` draw starts
+    AnimateDiff's video (mode "evs") or is NI-VSDS's fixed noise, the next one regeneration's fresh noise; EVS
+    continues private copies of the per-frame generators (``refine.host_evs_noises``)."""
+    evs = None
+    if request.runs_evs:
+        draws, fresh = DRAWS_BEFORE_EVS[request.mode], settings.evs_fresh_bridge_noise
+        evs = lambda shape: host_evs_noises(p, draws_before=draws, fresh_bridge_noise=fresh)  # noqa: E731
+    if not request.runs_i4vgen:
+        return RunNoises(plain=from_host_video(p.rng.next()), evs=evs)
+    if rngs:
+        candidate_noise = torch.cat([r.next() for r in rngs]).float()
     else:
-        try:
-            ranker, label = ranker_cache.get(settings, device=shim.devices().device, models_dir=plan.models_dir)
-        except Exception as error:  # RankerLoadError (and friends): fallback 'error' stops the job here
-            raise I4VGenError(f"I4VGen: {error}\n(set 'ranker fallback' to 'none' to continue with candidate 0, "
-                              "or choose a manual anchor index)") from error
-        denoiser.anchor_rngs = candidate_rngs(p, settings.candidates, plan.chunk_size)
-        candidate_noise = torch.cat([r.next() for r in denoiser.anchor_rngs]).float()
-
-    video_noise = p.rng.next()  # the host's own first draw for these frames: NI-VSDS's fixed noise
+        candidate_noise = torch.zeros((0, *latent_shape(p)))
+    video_noise = p.rng.next()
     if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
         p.scripts.process_before_every_sampling(p=p, x=video_noise, noise=video_noise, c=p.c, uc=p.uc)
-    regeneration_noise = p.rng.next()  # the next draw from the same per-frame generators: fresh noise
-    noises = Noises(candidate_noise, from_host_video(video_noise.float()), from_host_video(regeneration_noise.float()))
-
-    p.sampler = denoiser._new_sampler()  # the job's sampler, made while the motion module is injected
-    result = run_i4vgen(
-        denoiser, settings, noises, ranker=ranker, ranker_label=label, decode_images=decoder(p, progress),
-        keep_candidate_images=request.return_candidates, anchor=anchor, callback=progress,
-    )
-    seconds.update(result.seconds)
-    calls = {k: v for k, v in result.unet_calls.items() if k != "total"}
-    return result.video, BatchOutcome(int(p.iteration), "", result.anchor_index, result.ranker, result.scores,
-                                      result.candidate_images, calls, seconds)
-
-
-def animatediff_video(p: Any, denoiser: HostDenoiser, progress: StageProgress) -> Tuple[torch.Tensor, BatchOutcome]:
-    """AnimateDiff's own video (mode "evs"), sampled by the host's ``sample`` exactly as without I4VGen. Its UNet
-    calls are read from the CFG denoiser's step counter, which counts every evaluation."""
-    progress.stage("plain")
-    started = time.perf_counter()
-    samples = type(p).sample(p, conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
-                             subseed_strength=p.subseed_strength, prompts=p.prompts)
-    denoiser.last_video = samples
-    raise_if_interrupted()  # the host's sampler returns its last latent when interrupted
-    calls = int(getattr(getattr(p.sampler, "model_wrap_cfg", None), "step", 0) or 0)
-    seconds = {"plain": time.perf_counter() - started}
-    return from_host_video(samples.float()), BatchOutcome(int(p.iteration), "", None, None, None, None,
-                                                          {"plain": calls}, seconds)
+    regeneration_noise = p.rng.next()
+    return RunNoises(Noises(candidate_noise, from_host_video(video_noise.float()),
+                            from_host_video(regeneration_noise.float())), evs=evs)
 
 
 def record(p: Any, plan: JobPlan, settings: I4VGenSettings, outcome: BatchOutcome) -> None:

@@ -43,10 +43,6 @@ def sd_samplers() -> Any:
     return module("sd_samplers")
 
 
-def samplers_common() -> Any:
-    return module("sd_samplers_common")
-
-
 def rng() -> Any:
     return module("rng")
 

@@ -45,7 +45,7 @@ def test_alpha_lists_extend_with_one():
         ("regen_strength", -0.1, "[0, 1]"),
         ("candidates", 0, "[1, 64]"),
         ("frames", 0, "[1, 128]"),
-        ("steps", 0, "[1, 1000]"),
+        ("steps", 0, "[1, 999]"),  # 1000 with "leading" spacing + offset 1 would index past the schedule
         ("width", 100, "multiple of 8"),
         ("height", 32, "[64, 2048]"),
         ("guidance", -1, "[0, 50]"),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
 from i4vgen_ext.webui import job as i4vgen_job
-from i4vgen_ext.webui import refine
+from i4vgen_ext.core import compose as refine  # where EVS runs (core.compose.run_mode)
 from i4vgen_ext.webui.anchor import describe_anchor, encode_anchor, image_to_tensor
 from i4vgen_ext.webui.backbone import from_host_video, to_host_video
 
@@ -91,13 +91,13 @@ def test_panel_and_api_images_make_the_same_video(host, stub):
 
 def test_anchor_latent_is_the_scaled_posterior_mean_of_the_fitted_image(host, stub, monkeypatch):
     seen = {}
-    original = i4vgen_job.run_i4vgen
+    original = i4vgen_job.run_mode
 
     def spy(*args, **kwargs):
         seen["anchor"] = kwargs["anchor"]
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(i4vgen_job, "run_i4vgen", spy)
+    monkeypatch.setattr(i4vgen_job, "run_mode", spy)
     image = gradient(80, 48)
     run(make_p(host, i4vgen=ui_args(host, anchor_image=image), ad=ad_args(batch_size=8), width=64, height=64))
     x = image_to_tensor(fit_to_video(image, 64, 64)) * 2 - 1  # resized to cover, centre-cropped, in [-1, 1]
@@ -174,9 +174,11 @@ def test_mode_evs_refines_animatediffs_own_video(host, stub, watch, monkeypatch)
     monkeypatch.setattr(processing, "decode_latent_batch",
                         lambda model, batch, **kw: (host_latents.append(batch.clone()), decode(model, batch, **kw))[1])
     refined_from = []
-    original = i4vgen_job.refine_video
-    monkeypatch.setattr(i4vgen_job, "refine_video",
-                        lambda p, d, video, *a, **kw: (refined_from.append(video.clone()), original(p, d, video, *a, **kw))[1])
+    from i4vgen_ext.core import compose
+
+    original = compose.evs_refine
+    monkeypatch.setattr(compose, "evs_refine",
+                        lambda d, video, *a, **kw: (refined_from.append(video.clone()), original(d, video, *a, **kw))[1])
 
     def body(i4vgen):
         return {"prompt": "a corgi", "seed": 7, "steps": STEPS, "cfg_scale": 5.0, "width": 64, "height": 64,

@@ -129,7 +129,9 @@ def test_plain_and_evs_modes(tmp_path):
     assert code == 0
     run = json.loads((out / "run.json").read_text())
     assert run["unet_calls"]["plain"] == 10
-    assert run["unet_calls"]["evs"] == {"image": 5, "video": 3, "inversion": 0, "total": 8}
+    # One flat shape for UNet calls in every entry point (CLI, WebUI infotext, benchmark).
+    assert {k: v for k, v in run["unet_calls"].items() if k.startswith("evs_")} == {
+        "evs_image": 5, "evs_video": 3, "evs_inversion": 0}
     assert run["unet_calls"]["total"] == 18
     code, out = _run(tmp_path / "r", "--mode", "i4vgen+evs", "--frames", "3", "--candidates", "2", "--steps", "10",
                      "--ranker", "none", "--evs-video-steps", "0")
@@ -147,7 +149,7 @@ def test_refine_a_video_file_of_odd_size(tmp_path):
     assert code == 0
     run = json.loads((out / "run.json").read_text())
     assert run["input"]["frames"] == 5 and run["settings"]["width"] == 64 and run["settings"]["height"] == 64
-    assert run["unet_calls"]["evs"]["video"] == 3
+    assert run["unet_calls"]["evs_video"] == 3
     assert load_file(out / "latents.safetensors")["final"].shape == (1, 4, 5, 8, 8)
     with Image.open(out / "video.gif") as gif:
         assert gif.n_frames == 5
