@@ -41,8 +41,9 @@ class ClipSpec:
         where = f"https://huggingface.co/{self.model_id}"
         if self.processor_id != self.model_id:
             where += f" (its tokenizer and preprocessor_config.json from https://huggingface.co/{self.processor_id})"
-        return (f"download {where} into one folder and pass it as the ranker path, or run once online to fill the "
-                "Hugging Face cache")
+        return (f"download {where} (model.safetensors, not pytorch_model.bin) into one folder and give it as the "
+                "ranker path (a path in the CLI, the name of a folder inside models/ImageReward/ in the WebUI), or "
+                "run once online to fill the Hugging Face cache")
 
 
 CLIP = ClipSpec("clip", "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14", use_logit_scale=False)

@@ -34,7 +34,8 @@ TOKENIZER_ID = "bert-base-uncased"  # the id BLIP hard-codes; the WebUI's BLIP i
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
 HINT = (
     f"download {WEIGHTS} (1.8 GB) and {MED_CONFIG} from https://huggingface.co/{REPO_ID} into "
-    "<WebUI>/models/ImageReward/ or ~/.cache/ImageReward/ (or pass their folder as the ranker path), and have the "
+    "<WebUI>/models/ImageReward/ or ~/.cache/ImageReward/ (or give their folder as the ranker path: a path in the CLI, "
+    "the name of a folder inside models/ImageReward/ in the WebUI), and have the "
     f"{TOKENIZER_ID} tokenizer in the Hugging Face cache or in a tokenizer/ folder beside the weights; running once "
     "online downloads all of them"
 )

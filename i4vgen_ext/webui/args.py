@@ -14,6 +14,7 @@ from ..core.evs import EVSSettings
 from ..core.settings import FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError, parse_method_args
 from .anchor import decode_anchor_arg, describe_anchor
 from .fields import EXTRA_BY_NAME, EXTRA_NAMES, as_bool, coerce_extra, evs_record, evs_settings
+from .ranking import check_ranker_name
 
 HOST_KEYS = ("enable", "return_candidates")
 UI_ORDER = ("enable",) + METHOD_FIELDS + ("return_candidates",) + EXTRA_NAMES
@@ -51,6 +52,8 @@ class ScriptArgs:
 
 def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:
     checked = parse_method_args(values, extra=HOST_KEYS + EXTRA_NAMES)
+    if "ranker_path" in checked:  # a folder name, never a server path (checked against the disk in job.prepare)
+        checked["ranker_path"] = check_ranker_name(checked["ranker_path"])
     extras = {name: checked.pop(name) for name in EXTRA_NAMES if name in checked}
     image_arg = extras.pop("anchor_image", None)
     extras = {name: coerce_extra(name, value) for name, value in extras.items() if value is not None}

@@ -107,7 +107,8 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
             ranker_fallback = gr.Dropdown(list(FALLBACKS), value=s.ranker_fallback, label="Ranker fallback",
                                           elem_id=elem_id("ranker_fallback"), info=short_help("ranker_fallback"))
         ranker_path = gr.Textbox(s.ranker_path, label="Ranker folder (optional)", elem_id=elem_id("ranker_path"),
-                                 info=short_help("ranker_path"))
+                                 info="The name of a folder inside models/ImageReward/ holding the ranker's files "
+                                      "(not a path); empty: search the usual places.")
         with gr.Row():
             anchor_index = gr.Number(s.anchor_index, precision=0, minimum=-1, maximum=63,
                                      label="Manual anchor index (-1: ranker)", elem_id=elem_id("anchor_index"),
@@ -155,7 +156,8 @@ def register_settings() -> None:
     shared = shim.shared()
     OptionInfo = shared.OptionInfo
     shared.opts.add_option("i4vgen_reward_model_dir", OptionInfo(
-        "", "Reward-model folder (ranker weights; empty: the WebUI's models folder)", section=SETTINGS_SECTION))
+        "", "Reward-model folder (replaces the WebUI's models folder for rankers: weights and the panel's ranker folders "
+        "go in its ImageReward/; empty: the WebUI's models folder)", section=SETTINGS_SECTION))
     shared.opts.add_option("i4vgen_keep_ranker_loaded", OptionInfo(
         False, "Keep the ranker loaded between jobs (faster, uses memory)", gr.Checkbox, section=SETTINGS_SECTION))
     shared.opts.add_option("i4vgen_default_preset", OptionInfo(
