@@ -21,7 +21,10 @@ from .prompt import clean_prompt
 
 log = logging.getLogger("i4vgen.rankers")
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# safetensors only, on every path: a pickled ``pytorch_model.bin`` is never handed to transformers (transformers 4.30
+# would unpickle it with plain torch.load, which runs any code the file carries).
+WEIGHT_FILES = ("model.safetensors",)
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 PROCESSOR_FILES = ["preprocessor_config.json", TOKENIZER_FILES]
 
@@ -38,8 +41,9 @@ class ClipSpec:
         where = f"https://huggingface.co/{self.model_id}"
         if self.processor_id != self.model_id:
             where += f" (its tokenizer and preprocessor_config.json from https://huggingface.co/{self.processor_id})"
-        return (f"download {where} into one folder and pass it as the ranker path, or run once online to fill the "
-                "Hugging Face cache")
+        return (f"download {where} (model.safetensors, not pytorch_model.bin) into one folder and give it as the "
+                "ranker path (a path in the CLI, the name of a folder inside models/ImageReward/ in the WebUI), or "
+                "run once online to fill the Hugging Face cache")
 
 
 CLIP = ClipSpec("clip", "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14", use_logit_scale=False)
@@ -49,15 +53,22 @@ PICKSCORE = ClipSpec("pickscore", "yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-
 
 def locate_clip(spec: ClipSpec, path: Optional[PathLike], offline: bool) -> Tuple[Path, Path, List[str]]:
     """(model folder, processor folder, places searched): the explicit path (its processor files there or in
-    ``processor/``, else the hub processor), else the HF cache, else a hub download when online."""
+    ``processor/``, else the processor from the HF cache on disk: an explicit path never downloads), else the HF
+    cache, else a hub download when online. Weights must be ``model.safetensors``."""
     offline = is_offline(offline)
     searched: List[str] = []
-    if path not in (None, ""):
+    explicit = path not in (None, "")
+    if explicit:
         model = Path(path).expanduser()
         searched.append(str(model))
+        if has_files(model, ["config.json"]) and not has_files(model, [WEIGHT_FILES]) and \
+                any((model / name).is_file() for name in PICKLED_WEIGHTS):
+            raise RankerLoadError(spec.name, "pickled weights refused (safetensors only)", searched, spec.hint,
+                                  f"{model} holds pytorch_model.bin but no model.safetensors; pickled weights are never "
+                                  "loaded: use the repository's model.safetensors")
         if not has_files(model, ["config.json", WEIGHT_FILES]):
             raise RankerLoadError(spec.name, "model files not found in the ranker path", searched, spec.hint,
-                                  f"need config.json and one of {', '.join(WEIGHT_FILES)}")
+                                  f"need config.json and {', '.join(WEIGHT_FILES)}")
         for processor in (model, model / "processor"):
             if has_files(processor, PROCESSOR_FILES):
                 return model, processor, searched
@@ -72,12 +83,15 @@ def locate_clip(spec: ClipSpec, path: Optional[PathLike], offline: bool) -> Tupl
             return model, model, searched
     processor, where = hub_folder(
         spec.processor_id, PROCESSOR_FILES,
-        optional=["tokenizer_config.json", "special_tokens_map.json", "merges.txt", "vocab.json"], offline=offline,
+        optional=["tokenizer_config.json", "special_tokens_map.json", "merges.txt", "vocab.json"],
+        offline=offline or explicit,
     )
     searched.append(where)
     if processor is None:
+        detail = ("an explicit ranker path is never completed from the hub: put the tokenizer and "
+                  "preprocessor_config.json in it or in its processor/ folder") if explicit else ""
         raise RankerLoadError(spec.name, "tokenizer/processor not found" + (" offline" if offline else ""),
-                              searched, spec.hint)
+                              searched, spec.hint, detail)
     return model, processor, searched
 
 
@@ -157,7 +171,8 @@ def load_clip_like(spec: ClipSpec, path: Optional[PathLike], device: Any, dtype:
     except ImportError:
         from transformers import CLIPImageProcessor
     try:
-        model, info = CLIPModel.from_pretrained(str(model_dir), local_files_only=True, output_loading_info=True)
+        model, info = CLIPModel.from_pretrained(str(model_dir), local_files_only=True, output_loading_info=True,
+                                                use_safetensors=True)
     except Exception as error:
         reason = "out of memory" if is_out_of_memory(error) else "corrupt or unreadable checkpoint"
         raise RankerLoadError(spec.name, reason, searched, spec.hint, f"{model_dir}: {error}") from error

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,7 +34,8 @@ TOKENIZER_ID = "bert-base-uncased"  # the id BLIP hard-codes; the WebUI's BLIP i
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
 HINT = (
     f"download {WEIGHTS} (1.8 GB) and {MED_CONFIG} from https://huggingface.co/{REPO_ID} into "
-    "<WebUI>/models/ImageReward/ or ~/.cache/ImageReward/ (or pass their folder as the ranker path), and have the "
+    "<WebUI>/models/ImageReward/ or ~/.cache/ImageReward/ (or give their folder as the ranker path: a path in the CLI, "
+    "the name of a folder inside models/ImageReward/ in the WebUI), and have the "
     f"{TOKENIZER_ID} tokenizer in the Hugging Face cache or in a tokenizer/ folder beside the weights; running once "
     "online downloads all of them"
 )
@@ -90,16 +93,23 @@ def locate_weights(
     raise RankerLoadError(NAME, reason, searched, HINT)
 
 
-def locate_tokenizer(weights_folder: Path, *, offline: bool = False) -> tuple[Path, List[str]]:
-    """A ``tokenizer/`` folder beside the weights, else ``bert-base-uncased`` from the HF cache (or the hub)."""
+def locate_tokenizer(weights_folder: Path, *, offline: bool = False, explicit: bool = False) -> tuple[Path, List[str]]:
+    """A ``tokenizer/`` folder beside the weights, else ``bert-base-uncased`` from the HF cache (or the hub).
+
+    ``explicit``: the weights came from an explicit ranker path, which is never completed from the hub: only the
+    HF cache on disk is looked at (no download, no network)."""
     beside = weights_folder / "tokenizer"
     searched = [str(beside)]
     if has_files(beside, [TOKENIZER_FILES]):
         return beside, searched
-    folder, where = hub_folder(TOKENIZER_ID, ["vocab.txt"], optional=["tokenizer_config.json"], offline=is_offline(offline))
+    folder, where = hub_folder(TOKENIZER_ID, ["vocab.txt"], optional=["tokenizer_config.json"],
+                               offline=explicit or is_offline(offline))
     searched.append(where)
     if folder is None:
-        raise RankerLoadError(NAME, "tokenizer not found" + (" offline" if is_offline(offline) else ""), searched, HINT)
+        detail = (f"an explicit ranker path is never completed from the hub: put a tokenizer/ folder ({TOKENIZER_ID}"
+                  f"'s vocab.txt) beside {WEIGHTS}, or have {TOKENIZER_ID} in the Hugging Face cache") if explicit else ""
+        raise RankerLoadError(NAME, "tokenizer not found" + (" offline" if is_offline(offline) else ""), searched, HINT,
+                              detail)
     return folder, searched
 
 
@@ -107,7 +117,7 @@ def locate_imagereward(
     path: Optional[PathLike] = None, *, webui_models: Optional[PathLike] = None, offline: bool = False
 ) -> ImageRewardFiles:
     weights, searched = locate_weights(path, webui_models=webui_models, offline=offline)
-    tokenizer, more = locate_tokenizer(weights.parent, offline=offline)
+    tokenizer, more = locate_tokenizer(weights.parent, offline=offline, explicit=path not in (None, ""))
     med_config = weights.parent / MED_CONFIG
     return ImageRewardFiles(weights, med_config if med_config.is_file() else None, tokenizer, searched + more)
 
@@ -127,23 +137,63 @@ def read_med_config(path: Optional[Path], searched: Sequence[str]) -> Dict[str, 
     return config
 
 
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w.]*) ")
+
+
 def read_checkpoint(path: Path, searched: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: tensors only, no code from the file runs."""
+    """``torch.load(weights_only=True)``: tensors only, no code from the file runs. Never retried unsafely.
+
+    A file that fails is reported as corrupt or truncated, unless it is an intact zip checkpoint that stores a Python
+    object (then it is refused as holding more than tensors). torch's own text is not repeated: it suggests
+    ``weights_only=False``, which would run code from the file."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
         if is_out_of_memory(error):
             raise RankerLoadError(NAME, "out of memory", searched, HINT, f"reading {path}: {error}") from error
-        if isinstance(error, pickle.UnpicklingError):  # weights_only met something other than tensors
-            raise RankerLoadError(NAME, "checkpoint holds more than tensors", searched, HINT,
-                                  f"{path}: {str(error).splitlines()[0]}") from error
+        stored = _stored_object(path, error)
+        if stored is not None:
+            raise RankerLoadError(
+                NAME, "checkpoint holds more than tensors", searched, HINT,
+                f"{path} stores a Python object ({stored}), not only tensors; it is refused, never unpickled. "
+                f"Use the released {WEIGHTS}.",
+            ) from None  # torch's text advises weights_only=False: not shown, not even as the cause
         raise RankerLoadError(
             NAME, "corrupt or truncated checkpoint", searched, HINT + " (download the file again)",
-            f"{path}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-        ) from error
+            f"{path} is corrupt or truncated: it is not a complete checkpoint of tensors ({_cause(error)}); "
+            f"download {WEIGHTS} again",
+        ) from (None if isinstance(error, pickle.UnpicklingError) else error)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RankerLoadError(NAME, "checkpoint is not a state dict of tensors", searched, HINT, str(path))
     return state
+
+
+def _stored_object(path: Path, error: Exception) -> Optional[str]:
+    """The disallowed global an intact zip checkpoint names, or None (any other failure: the file is damaged).
+    A damaged file can also name a global (a cut-off one, such as ``torch._utils._rebuild_tens``), so the archive's
+    CRCs are checked first."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    match = _GLOBAL.search(str(error))
+    if match is None:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is not None:
+                return None
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return None
+    return match.group(1)
+
+
+def _cause(error: Exception) -> str:
+    """A short, safe description of why torch could not read the file (no advice about unsafe loading)."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "unreadable pickle data"
+    first = str(error).split(". ")[0].splitlines()[0].strip() if str(error).strip() else ""
+    if "weights_only" in first or len(first) > 160:
+        first = ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def load_tokenizer(folder: Path, vocab_size: int, searched: Sequence[str]):

@@ -22,6 +22,9 @@ from ..core.settings import SettingsError
 from . import shim
 
 DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
+# A scheme or drive ("file:", "http://", "C:\\", "C:/"): base64 never holds ':'; data: URLs are handled above.
+SCHEME_OR_DRIVE = re.compile(r"^(?!data:)[A-Za-z][A-Za-z0-9+.-]*:", re.IGNORECASE)
+BASE64_ALLOWED = "a base64-encoded image file (PNG, JPEG, WebP, ...), optionally as a data: URL"
 
 
 def decode_anchor_arg(value: Any) -> Optional[Image.Image]:
@@ -37,12 +40,30 @@ def decode_anchor_arg(value: Any) -> Optional[Image.Image]:
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise SettingsError("anchor_image", f"<text of {len(value)} characters>",
-                                "a base64-encoded image file (PNG, JPEG, WebP, ...), optionally as a data: URL") from None
-        return _from_bytes(data)
+            data = None
+        if data is not None:
+            try:
+                return _from_bytes(data)
+            except SettingsError:
+                if not looks_like_path(value):
+                    raise
+        if looks_like_path(value):
+            raise SettingsError("anchor_image", f"<a file path or URL of {len(value)} characters>",
+                                BASE64_ALLOWED + "; file paths and URLs are refused: the server never opens a file "
+                                "or URL named by a request")
+        raise SettingsError("anchor_image", f"<text of {len(value)} characters>", BASE64_ALLOWED)
     if isinstance(value, (bytes, bytearray)):
         return _from_bytes(bytes(value))
     raise SettingsError("anchor_image", type(value).__name__, "an image or a base64-encoded image file")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether text that did not decode to an image reads as a file path or URL (this only picks the refusal's
+    wording: a JPEG's base64 starts with "/9j/", so a leading "/" counts only in short text)."""
+    t = text.strip()
+    if "\\" in t or t.startswith(("./", "../", "~")) or SCHEME_OR_DRIVE.match(t):
+        return True
+    return t.startswith("/") and len(t) <= 260
 
 
 def _from_bytes(data: bytes) -> Image.Image:

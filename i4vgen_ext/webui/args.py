@@ -16,6 +16,7 @@ from ..core.settings import (EXTRA_NAMES, FIELD_BY_NAME, METHOD_FIELDS, PRESETS,
                              parse_method_args, to_bool)
 from .anchor import decode_anchor_arg, describe_anchor
 from .fields import WEBUI_MODES
+from .ranking import check_ranker_name
 
 HOST_KEYS = ("enable", "return_candidates")
 _PASSED_ON = ("mode", "anchor_image")  # checked here: the WebUI's mode names, the image's own decoder
@@ -61,6 +62,8 @@ def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:
     values = {k: v for k, v in values.items() if k not in extras or v is not None}
     named = tuple(n for n in EXTRA_NAMES if n not in _PASSED_ON)
     checked = parse_method_args(values, extra=HOST_KEYS + _PASSED_ON, names=METHOD_FIELDS + named)
+    if "ranker_path" in checked:  # a folder name, never a server path (checked against the disk in job.prepare)
+        checked["ranker_path"] = check_ranker_name(checked["ranker_path"])
     extras = {name: checked.pop(name) for name in EXTRA_NAMES if name in checked}
     mode = extras.pop("mode", "i4vgen")
     if mode not in WEBUI_MODES:

@@ -30,7 +30,9 @@ PRESENTATION: Dict[str, Presentation] = {
     "alpha_schedule": Presentation("NI-VSDS step sizes (alpha schedule)"),
     "ranker": Presentation("Ranker", control="dropdown"),
     "ranker_fallback": Presentation("Ranker fallback", control="dropdown"),
-    "ranker_path": Presentation("Ranker folder (optional)"),
+    "ranker_path": Presentation("Ranker folder (optional)",
+                                info="The name of a folder inside models/ImageReward/ holding the ranker's files "
+                                     "(not a path); empty: search the usual places."),
     "anchor_index": Presentation("Manual anchor index (-1: ranker)", info="Click a candidate below to pick it."),
     "mode": Presentation("Mode", control="radio"),
     "anchor_image": Presentation("Anchor image (optional)"),

@@ -31,7 +31,7 @@ from .attention import select_layers
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
 from .infotext import INFOTEXT_KEY, infotext_value
 from .progress import StageProgress, jobs_per_batch, plan_job_count
-from .ranking import RankerCache
+from .ranking import RankerCache, resolve_ranker_folder
 from .refine import DRAWS_BEFORE_EVS, host_evs_noises
 
 log = logging.getLogger("i4vgen")
@@ -191,11 +191,16 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     if reason is not None:
         install_refusal(p, reason)
         return None
+    models_dir = option("i4vgen_reward_model_dir", "") or getattr(shim.shared(), "models_path", None)
+    try:  # a folder name inside <models>/ImageReward only; refused here, before any sampling or file access
+        resolve_ranker_folder(settings.ranker_path, models_dir)
+    except SettingsError as error:
+        install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
+        return None
     size = chunk_size_for(ad, settings.candidates)
     plan = JobPlan(
         request=request, ad=ad, settings=settings, chunk_size=size, chunks=-(-settings.candidates // size),
-        default_preset=default_preset,
-        models_dir=option("i4vgen_reward_model_dir", "") or getattr(shim.shared(), "models_path", None),
+        default_preset=default_preset, models_dir=models_dir,
         keep_ranker=bool(option("i4vgen_keep_ranker_loaded", False)),
     )
     if not option("pad_cond_uncond", False) and not option("pad_cond_uncond_v0", False) and cond_lengths_differ(p):

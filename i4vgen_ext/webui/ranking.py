@@ -1,12 +1,72 @@
 """The ranker for a job: loaded through ``i4vgen_ext.rankers.load_ranker_with_fallback``, kept between jobs when
-the setting says so, and released after ranking otherwise (the UNet needs the memory back)."""
+the setting says so, and released after ranking otherwise (the UNet needs the memory back).
+
+In the WebUI a request's ``ranker_path`` (the API's ``alwayson_scripts.I4VGen.args`` or the panel's "Ranker folder"
+box) is not a path: it is the name of one folder inside the ranker folder, ``<models>/ImageReward`` where
+``<models>`` is Settings > I4VGen > Reward-model folder or else the WebUI's models folder (both set by the server's
+owner only). ``resolve_ranker_folder`` turns the name into that folder; anything else is refused with one message
+that reads the same whether or not something exists at the path, so a request can neither read nor probe the
+server's other files."""
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
-from ..core.settings import I4VGenSettings
+from ..core.settings import I4VGenSettings, SettingsError
 
 Loader = Callable[..., Tuple[Any, str]]
+
+RANKER_SUBFOLDER = "ImageReward"
+RANKER_PATH_ALLOWED = (
+    "empty (search the usual places), or the name of one folder inside the WebUI's ranker folder models/ImageReward/ "
+    "(ImageReward/ inside Settings > I4VGen > Reward-model folder when that is set): letters, digits, spaces and "
+    "._-+@=, no path separators, no '..', not an absolute path, and no link leading out of that folder"
+)
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_. +@=-]{0,198}[A-Za-z0-9_+@=-])?")
+
+
+def _refused(value: Any) -> SettingsError:
+    shown = value if not isinstance(value, str) or len(value) <= 120 else value[:120] + "..."
+    return SettingsError("ranker_path", shown, RANKER_PATH_ALLOWED)
+
+
+def check_ranker_name(value: Any) -> str:
+    """The folder name a request gave ('' for none), or the ``ranker_path`` SettingsError. Looks at the text only."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _refused(value)
+    name = value.strip()
+    if name and not _FOLDER_NAME.fullmatch(name):
+        raise _refused(value)
+    return name
+
+
+def ranker_root(models_dir: Optional[str]) -> Optional[Path]:
+    """The folder request-named ranker folders live in: ``<models>/ImageReward`` (None when the models folder is unknown)."""
+    return Path(models_dir) / RANKER_SUBFOLDER if models_dir else None
+
+
+def resolve_ranker_folder(value: Any, models_dir: Optional[str]) -> Optional[str]:
+    """The real path of the folder a request named, checked (symlinks resolved) to lie inside the ranker folder;
+    None for no name. Raises the same ``ranker_path`` SettingsError for every refusal, whatever exists on disk."""
+    name = check_ranker_name(value)
+    if not name:
+        return None
+    root = ranker_root(models_dir)
+    if root is None:
+        raise _refused(value)
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(base, name))
+    try:
+        inside = target != base and os.path.commonpath([base, target]) == base
+    except ValueError:  # different drives (Windows)
+        inside = False
+    if not inside:
+        raise _refused(value)
+    return target
 
 
 def default_loader(*args: Any, **kwargs: Any) -> Tuple[Any, str]:
@@ -16,7 +76,7 @@ def default_loader(*args: Any, **kwargs: Any) -> Tuple[Any, str]:
 
 
 class RankerCache:
-    """At most one loaded ranker, keyed by (name, path, fallback, device, models folder)."""
+    """At most one loaded ranker, keyed by (name, folder, fallback, device, models folder)."""
 
     def __init__(self, loader: Optional[Loader] = None):
         self.loader = loader
@@ -26,17 +86,20 @@ class RankerCache:
 
     def get(self, settings: I4VGenSettings, *, device: Any, models_dir: Optional[str], offline: bool = False) -> Tuple[Any, str]:
         """(ranker or None, label). Raises the loader's ``RankerLoadError`` when the weights are missing and the
-        fallback is 'error'; with fallback 'none' the loader hands back its none-ranker and a label saying why."""
+        fallback is 'error'; with fallback 'none' the loader hands back its none-ranker and a label saying why.
+        ``settings.ranker_path`` is a folder name inside the ranker folder (``resolve_ranker_folder``); a
+        ``SettingsError`` refuses anything else before a file is touched."""
         if settings.anchor_index >= 0:
             return None, "manual"
         if settings.ranker == "none":
             return None, "none"
-        key = (settings.ranker, settings.ranker_path or None, settings.ranker_fallback, str(device), models_dir)
+        folder = resolve_ranker_folder(settings.ranker_path, models_dir)
+        key = (settings.ranker, folder, settings.ranker_fallback, str(device), models_dir)
         if key != self._key:
             self.release()
             loader = self.loader or default_loader
             self._ranker, self._label = loader(
-                settings.ranker, path=settings.ranker_path or None, fallback=settings.ranker_fallback,
+                settings.ranker, path=folder, fallback=settings.ranker_fallback,
                 device=str(device), dtype=None, offline=offline, webui_models_dir=models_dir,
             )
             self._key = key

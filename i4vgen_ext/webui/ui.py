@@ -151,7 +151,8 @@ def register_settings() -> None:
     shared = shim.shared()
     OptionInfo = shared.OptionInfo
     shared.opts.add_option("i4vgen_reward_model_dir", OptionInfo(
-        "", "Reward-model folder (ranker weights; empty: the WebUI's models folder)", section=SETTINGS_SECTION))
+        "", "Reward-model folder (replaces the WebUI's models folder for rankers: weights and the panel's ranker folders "
+        "go in its ImageReward/; empty: the WebUI's models folder)", section=SETTINGS_SECTION))
     shared.opts.add_option("i4vgen_keep_ranker_loaded", OptionInfo(
         False, "Keep the ranker loaded between jobs (faster, uses memory)", gr.Checkbox, section=SETTINGS_SECTION))
     shared.opts.add_option("i4vgen_default_preset", OptionInfo(

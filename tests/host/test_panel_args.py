@@ -11,7 +11,7 @@ from i4vgen_ext.webui.fields import EXTRA_NAMES
 
 from .conftest import b64, gradient
 
-FULL = [True, "paper", 5, 0.5, "4,2", 0.8, "clip", "/models/clip", "none", 2, True]
+FULL = [True, "paper", 5, 0.5, "4,2", 0.8, "clip", "clip-vit-large-patch14", "none", 2, True]
 
 
 def test_panel_controls_follow_ui_order_with_safe_defaults(host):

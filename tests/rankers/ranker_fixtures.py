@@ -204,5 +204,17 @@ def write_clip_model(folder: Path, seed: int = 0, image_size: int = 32, logit_sc
         for name, p in model.named_parameters():
             if p.dim() == 2 and "embedding" not in name:
                 p.normal_(0, p.shape[1] ** -0.5)
-    model.save_pretrained(str(folder))
+    save_safetensors(model, folder)
     return folder
+
+
+def save_safetensors(model, folder: Path) -> None:
+    """``save_pretrained`` writing ``model.safetensors``: always in transformers 5, on request in 4.x (whose default is
+    a pickled ``pytorch_model.bin``, which the rankers refuse)."""
+    import inspect
+
+    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+        model.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        model.save_pretrained(str(folder))
+    assert (folder / "model.safetensors").is_file(), sorted(p.name for p in folder.iterdir())
