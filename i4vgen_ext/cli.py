@@ -214,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, RankerLoadError) as err:  # a model or ranker that cannot load: says what to do
         if os.environ.get("I4VGEN_DEBUG"):
             raise
-        print(f"i4vgen: error: {err}\n(set I4VGEN_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"i4vgen: error: {err}", file=sys.stderr)  # I4VGEN_DEBUG=1 shows the traceback instead
         return 2
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .denoiser import Denoiser, StepCallback
+from .denoiser import Denoiser, StepCallback, StepEvent
 from .evs import EVSNoises, EVSResult, EVSSettings, draw_evs_noises, evs_refine
 from .noise import Noises, draw_noises, seeded_generator
 from .pipeline import I4VGenResult, ImageDecoder, progress_plan, run_i4vgen
@@ -51,6 +51,7 @@ class RunResult:
     video: torch.Tensor  # (1, 4, F, h, w), the final latents
     base_video: torch.Tensor  # the video before EVS (== video without EVS)
     plan: Dict[str, int]  # progress steps per stage, known before the first call
+    reported: Dict[str, int]  # progress steps each stage did report (equal to ``plan`` in a whole run)
     unet_calls: Dict[str, int]  # per stage (flat), then "total"
     timesteps: Dict[str, List[int]]
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -104,16 +105,40 @@ def check_mode(mode: str, *, anchor_given: bool) -> None:
 
 
 def plan_run(mode: str, settings: I4VGenSettings, *, anchor_given: bool = False,
-             evs: Optional[EVSSettings] = None) -> Dict[str, int]:
-    """The steps each stage will report through the callback; their sum is the length of one progress bar."""
+             evs: Optional[EVSSettings] = None, anchor_passes: int = 1) -> Dict[str, int]:
+    """The steps each stage will report through the callback; their sum is the length of one progress bar.
+    ``anchor_passes``: sampling runs the candidates take (the WebUI samples them in chunks, each reporting S)."""
     check_mode(mode, anchor_given=anchor_given)
     if mode.startswith("plain"):
         plan = {"plain": settings.steps}
     else:
         plan = progress_plan(settings, with_anchor_stage=not anchor_given)
+        if "anchors" in plan:
+            plan["anchors"] *= anchor_passes
     if mode.endswith("+evs"):
         plan.update((evs or settings.evs()).progress_steps(settings.steps))
     return plan
+
+
+def call_plan(mode: str, settings: I4VGenSettings, *, anchor_given: bool = False,
+              evs: Optional[EVSSettings] = None, anchor_passes: int = 1) -> Dict[str, int]:
+    """The UNet calls a run makes, per stage, under ``RunResult.unet_calls``'s keys: S (plain); S per anchor pass, K
+    and n_re (I4VGen); EVS's T2I steps plus the re-evaluated block step, n_V, and the inversion's steps up to t_V."""
+    check_mode(mode, anchor_given=anchor_given)
+    steps = settings.steps
+    if mode.startswith("plain"):
+        calls = {"plain": steps}
+    else:
+        calls = {"anchor": 0 if anchor_given else steps * anchor_passes, "nivsds": settings.nivsds_iterations,
+                 "regeneration": settings.regen_steps}
+    if mode.endswith("+evs"):
+        evs = evs or settings.evs()
+        plan = evs.plan(steps)
+        block = 1 if plan["block_at"] else 0
+        calls.update(evs_image=plan["image_steps"] + block, evs_video=plan["video_steps"],
+                     evs_inversion=(steps - plan["video_start_index"]) * block if evs.inversion else 0)
+    calls["total"] = sum(calls.values())
+    return calls
 
 
 @torch.no_grad()
@@ -133,6 +158,7 @@ def run_mode(
     inversion_denoiser: Optional[Denoiser] = None,
     callback: Optional[StepCallback] = None,
     observer: Optional[RunObserver] = None,
+    anchor_passes: int = 1,
 ) -> RunResult:
     """Run ``mode`` (default: ``settings.mode``). ``anchor`` (4, h, w) replaces the candidates and ranking;
     ``evs`` (default: ``settings.evs()``) refines the video in the "+evs" modes with ``evs_denoiser`` (default: the
@@ -141,7 +167,15 @@ def run_mode(
     observer = observer or RunObserver()
     runs_evs = mode.endswith("+evs")
     evs = (evs or settings.evs()) if runs_evs else None
-    plan = plan_run(mode, settings, anchor_given=anchor is not None, evs=evs)
+    plan = plan_run(mode, settings, anchor_given=anchor is not None, evs=evs, anchor_passes=anchor_passes)
+    reported: Dict[str, int] = {}
+
+    def report(event: StepEvent) -> None:
+        reported[event.stage] = reported.get(event.stage, 0) + 1
+        if user_callback is not None:
+            user_callback(event)
+
+    user_callback, callback = callback, report
     seconds: Dict[str, float] = {}
     i4vgen: Optional[I4VGenResult] = None
 
@@ -182,5 +216,5 @@ def run_mode(
         observer.phase_finished("evs", video)
 
     calls["total"] = sum(calls.values())
-    return RunResult(mode=mode, video=video, base_video=base_video, plan=plan, unet_calls=calls,
+    return RunResult(mode=mode, video=video, base_video=base_video, plan=plan, reported=reported, unet_calls=calls,
                      timesteps=timesteps, seconds=seconds, i4vgen=i4vgen, evs=refined)

@@ -55,6 +55,8 @@ class BatchOutcome:
     unet_calls: Dict[str, int]  # per stage, then "total"
     seconds: Dict[str, float]
     interrupted: bool = False
+    progress_plan: Dict[str, int] = field(default_factory=dict)  # steps per stage, planned before the first call
+    progress_reported: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -365,11 +367,13 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
             # Inversion is run without CFG (guidance 1), as DDIM inversion usually is; EVS does not say.
             inversion_denoiser=denoiser.variant(phase="evs-inversion", guidance=1.0) if evs and evs.inversion else None,
             callback=progress, observer=_BatchObserver(denoiser, progress, request.runs_evs),
+            anchor_passes=len(rngs) or 1,
         )
         seconds.update(result.seconds)
         calls = {k: v for k, v in result.unet_calls.items() if k != "total"}
         outcome = BatchOutcome(int(p.iteration), "", result.anchor_index, result.ranker, result.scores,
-                               result.candidate_images, calls, seconds)
+                               result.candidate_images, calls, seconds, progress_plan=result.plan,
+                               progress_reported=result.reported)
         record(p, plan, settings, outcome)
         return to_host_video(result.video)
     except shim.interrupted_exception():
