@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 from PIL import Image, ImageSequence
 
-from .core.anchor_image import fit_to_video, to_rgb8
+from .core.anchor_image import fit_to_video, to_rgb8, too_many_pixels
 from .core.settings import SettingsError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -42,6 +42,8 @@ def fit_frames(frames: List[Image.Image], width: int, height: int) -> List[Image
 def _opened(path: Path) -> Image.Image:
     try:
         return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise SettingsError("video", str(path), too_many_pixels(err)) from None
     except (OSError, ValueError) as err:
         raise SettingsError("video", str(path), f"a readable video or image ({err})") from None
 

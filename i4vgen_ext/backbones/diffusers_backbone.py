@@ -24,7 +24,7 @@ from ..core.denoiser import StepCallback
 from ..core.sampling import sample_ddim
 from ..core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 from .feature_injection import AttentionStore, SelfAttentionFeatures
-from .loading import ModelParts, load_model_parts
+from .loading import ModelParts, load_model_parts, require_standalone
 from .lora import fuse_lora, lora_targets, read_lora
 
 __all__ = ["DiffusersBackbone", "DiffusersDenoiser"]
@@ -74,13 +74,15 @@ class DiffusersBackbone:
 
         ``single_file_config``: a diffusers folder whose configs describe a single-file checkpoint of an unknown
         architecture. ``trust_pickle``: allow pickled .ckpt files that hold more than tensors (runs their code)."""
+        require_standalone()
+        lora_files = [(path, weight, read_lora(path)) for path, weight in loras]  # unreadable ones fail first
         parts = load_model_parts(model, motion_module, dtype=dtype, single_file_config=single_file_config,
                                  trust_pickle=trust_pickle)
         reports = []
-        if loras:
+        if lora_files:
             targets = lora_targets(parts.unet, parts.text_encoder)
-            for path, weight in loras:
-                reports.append(fuse_lora(targets, read_lora(path), float(weight), path=str(path)).to_dict())
+            for path, weight, state_dict in lora_files:
+                reports.append(fuse_lora(targets, state_dict, float(weight), path=str(path)).to_dict())
         return cls(parts, device=device, dtype=dtype, schedule=schedule, loras=reports)
 
     # ---- motion-module accounting -------------------------------------------------------------------------

@@ -233,6 +233,9 @@ class I2VGenXLBackbone:
         """Load a diffusers I2VGen-XL folder (``model_index.json`` + vae, unet, scheduler, text_encoder,
         tokenizer, image_encoder, feature_extractor), or a hub id such as ``ali-vilab/i2vgen-xl`` when the hub
         is reachable. fp16 runs use the fp16 weight variant when present."""
+        from .loading import require_standalone
+
+        require_standalone()
         from diffusers import I2VGenXLPipeline
 
         path = Path(model_path).expanduser()

@@ -13,6 +13,7 @@ The image UNet and the motion UNet always share one set of spatial weights (``sh
 """
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..errors import MissingDependencyError, ModelFileError
 from . import configs
-from .checkpoint_io import is_single_file, read_checkpoint
+from .checkpoint_io import check_checkpoint, is_single_file, read_checkpoint
 from .shared_unets import image_unet_view, motion_unet_from_parts, share_motion_modules
 from .tiny import DEMO_NAME, ensure_demo_model, read_demo_marker
 
@@ -30,6 +32,8 @@ MOTION_MODULE_HINT = (
     "pass a motion module with --motion-module (an AnimateDiff mm_*.ckpt / .safetensors file, e.g. "
     "mm_sd_v15_v2.ckpt, or a diffusers MotionAdapter folder)"
 )
+STANDALONE_PACKAGES = ("diffusers", "transformers")
+_SD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 
 
 @dataclass
@@ -50,6 +54,8 @@ def load_model_parts(
     single_file_config: Optional[str | Path] = None,
     trust_pickle: bool = False,
 ) -> ModelParts:
+    require_standalone()
+    preflight(model, motion_module, trust_pickle=trust_pickle)
     if model is None:
         folder = ensure_demo_model()
         parts = _load_folder(folder, motion_module, dtype=dtype, trust_pickle=trust_pickle)
@@ -70,6 +76,45 @@ def load_model_parts(
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     raise ValueError(f"{path} is neither a diffusers model folder nor a .safetensors/.ckpt checkpoint")
+
+
+def require_standalone() -> None:
+    """Raise ``MissingDependencyError`` (one line: what to install) when diffusers or transformers is missing."""
+    for name in STANDALONE_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise MissingDependencyError(
+                f"the standalone (diffusers) backbone needs {name}, which is not installed ({err}); install it with: "
+                f'pip install "i4vgen[standalone]"', name=name) from None
+
+
+def preflight(model, motion_module, *, trust_pickle: bool = False) -> None:
+    """The cheap checks of the single files named, before any model work: readable, and each in its role
+    (an SD checkpoint given as the motion module, or a motion module given as the model, is named as such)."""
+    if model is not None and is_single_file(Path(model).expanduser()):
+        path = Path(model).expanduser()
+        keys = check_checkpoint(path, trust_pickle=trust_pickle, what="model")
+        if keys is not None and _looks_like_motion_module(keys):
+            raise ModelFileError(f"model {path} is an AnimateDiff motion module, not a Stable Diffusion checkpoint; "
+                                 f"pass it with --motion-module and an SD1.5 checkpoint or folder with --model")
+    if motion_module is not None and is_single_file(Path(motion_module).expanduser()):
+        path = Path(motion_module).expanduser()
+        keys = check_checkpoint(path, trust_pickle=trust_pickle, what="motion module")
+        if keys is not None:
+            _check_motion_keys(path, keys)
+
+
+def _looks_like_motion_module(keys) -> bool:
+    return any(".motion_modules." in k for k in keys) and not any(k.startswith(_SD_PREFIXES) for k in keys)
+
+
+def _check_motion_keys(path: Path, keys) -> None:
+    keys = list(keys)
+    if any(k.startswith(_SD_PREFIXES) for k in keys) and not any("motion_modules" in k for k in keys):
+        raise ModelFileError(
+            f"motion module {path} is a Stable Diffusion checkpoint, not an AnimateDiff motion module; pass it with "
+            f"--model, and {MOTION_MODULE_HINT}")
 
 
 def _motion_entry(description: Dict[str, Any]) -> Dict[str, Any]:
@@ -140,8 +185,12 @@ def load_motion_adapter(source: str | Path, *, dtype: torch.dtype = torch.float3
         raise FileNotFoundError(f"motion module not found: {path}")
     if not is_single_file(path):
         raise ValueError(f"{path.name}: a motion module must be a .ckpt/.safetensors file or a MotionAdapter folder")
-    state_dict = read_checkpoint(path, trust_pickle=trust_pickle)
-    config = configs.motion_adapter_config(state_dict)
+    state_dict = read_checkpoint(path, trust_pickle=trust_pickle, what="motion module")
+    _check_motion_keys(path, state_dict)
+    try:
+        config = configs.motion_adapter_config(state_dict)
+    except configs.UnsupportedCheckpointError as err:
+        raise ModelFileError(f"motion module {path}: {err}; {MOTION_MODULE_HINT}") from None
     with tempfile.TemporaryDirectory(prefix="i4vgen-mm-config-") as config_dir:
         configs.write_motion_adapter_config_dir(config_dir, config)
         adapter = MotionAdapter.from_single_file(
@@ -161,11 +210,14 @@ def _load_single_file(path: Path, motion_module, *, dtype: torch.dtype, config, 
     if motion_module is None:
         raise ValueError(
             f"{path.name} is a single-file Stable Diffusion checkpoint without motion modules; {MOTION_MODULE_HINT}")
-    state_dict = configs.rename_old_clip_layout(read_checkpoint(path, trust_pickle=trust_pickle))
+    state_dict = configs.rename_old_clip_layout(read_checkpoint(path, trust_pickle=trust_pickle, what="model"))
     with tempfile.TemporaryDirectory(prefix="i4vgen-sd-config-") as written:
         if config is None:
-            family = configs.sd_family(state_dict)
-            config_dir = str(configs.write_config_dir_for_checkpoint(written, state_dict))
+            try:
+                family = configs.sd_family(state_dict)
+                config_dir = str(configs.write_config_dir_for_checkpoint(written, state_dict))
+            except configs.UnsupportedCheckpointError as err:
+                raise configs.UnsupportedCheckpointError(f"model {path}: {err}") from None
         else:
             family, config_dir = "custom", str(config)
         common = dict(config=config_dir, torch_dtype=dtype, local_files_only=True)

@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
+from ..errors import LoraFileError
 from .ldm_convert import unet_key_to_ldm
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -58,28 +59,42 @@ def read_lora(path: Path | str) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"LoRA files are read as .safetensors only, got {path.name}")
+        raise LoraFileError(f"LoRA files are read as .safetensors only, got {path}")
     from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu")
+    try:
+        return load_file(str(path), device="cpu")
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # safetensors' SafetensorError: truncated, damaged, or not a safetensors file
+        detail = " ".join(str(err).split())[:200]
+        raise LoraFileError(f"LoRA {path} is not a readable .safetensors file (truncated or damaged? download it "
+                            f"again): {type(err).__name__}: {detail}") from None
 
 
 @torch.no_grad()
 def fuse_lora(targets: Mapping[str, nn.Module], state_dict: Mapping[str, torch.Tensor], weight: float, *,
               path: str = "<memory>") -> LoraReport:
-    """W += weight * (alpha / rank) * up @ down for every layer of the file (skipped entirely when weight == 0)."""
+    """W += weight * (alpha / rank) * up @ down for every layer of the file (skipped entirely when weight == 0).
+
+    Every matched layer's shapes are checked before any weight changes: a LoRA made for another model raises
+    ``LoraFileError`` naming the file and the first layer that does not fit, and leaves the model untouched."""
     names = [k[: -len(_DOWN)] for k in state_dict if k.endswith(_DOWN)]
     if not names:
-        raise ValueError(f"{path}: no '*{_DOWN}' tensors; only kohya/A1111-format LoRA files are supported")
-    matched, unmatched = 0, []
+        raise LoraFileError(f"{path}: no '*{_DOWN}' tensors; only kohya/A1111-format LoRA files are supported")
+    matched: List[str] = []
+    unmatched: List[str] = []
     for name in names:
         module = targets.get(name)
         if module is None or name + _UP not in state_dict:
             unmatched.append(name)
             continue
-        matched += 1
-        if weight == 0:
-            continue
+        _check_shapes(path, name, state_dict[name + _DOWN], state_dict[name + _UP], module.weight)
+        matched.append(name)
+    if not matched:
+        raise LoraFileError(f"{path}: none of its {len(names)} LoRA layers match this SD1.5 model (e.g. {names[0]!r})")
+    for name in matched if weight != 0 else ():
+        module = targets[name]
         down, up = state_dict[name + _DOWN].float(), state_dict[name + _UP].float()
         rank = down.shape[0]
         alpha = state_dict.get(name + _ALPHA)
@@ -87,9 +102,17 @@ def fuse_lora(targets: Mapping[str, nn.Module], state_dict: Mapping[str, torch.T
         delta = (up.flatten(1) @ down.flatten(1)).reshape(module.weight.shape) * (scale * weight)
         target = module.weight
         target.copy_((target.float() + delta.to(target.device)).to(target.dtype))
-    if matched == 0:
-        raise ValueError(f"{path}: none of its {len(names)} LoRA layers match this SD1.5 model (e.g. {names[0]!r})")
     if unmatched:
         warnings.warn(f"{path}: {len(unmatched)} of {len(names)} LoRA layers match nothing and were skipped "
                       f"(e.g. {unmatched[0]!r})", stacklevel=2)
-    return LoraReport(path=path, weight=float(weight), layers=matched, unmatched=unmatched)
+    return LoraReport(path=path, weight=float(weight), layers=len(matched), unmatched=unmatched)
+
+
+def _check_shapes(path: str, name: str, down: torch.Tensor, up: torch.Tensor, weight: torch.Tensor) -> None:
+    """up (out, rank[, 1, 1]) @ down (rank, in[, kh, kw]) must give the layer's (out, in[, kh, kw])."""
+    fits = (down.ndim >= 2 and up.ndim >= 2 and up.shape[0] == weight.shape[0]
+            and up[0].numel() == down.shape[0] and down[0].numel() == weight[0].numel())
+    if not fits:
+        raise LoraFileError(
+            f"LoRA {path}: layer {name!r} does not fit this model: up {tuple(up.shape)} x down {tuple(down.shape)} "
+            f"cannot update a weight of {tuple(weight.shape)} (a LoRA for another model, e.g. SDXL or SD2?)")

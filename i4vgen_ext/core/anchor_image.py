@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Union
 
@@ -23,6 +24,9 @@ def load_anchor_image(source: Union[str, Path, bytes, Image.Image]) -> Image.Ima
         else:
             image = Image.open(Path(source))
         image.load()
+    except Image.DecompressionBombError as err:
+        name = "<image bytes>" if isinstance(source, (bytes, bytearray)) else str(source)[:200]
+        raise SettingsError("anchor_image", name, too_many_pixels(err)) from None
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise SettingsError("anchor_image", str(source)[:200], f"a readable image file ({err})") from None
     w, h = image.size
@@ -31,6 +35,16 @@ def load_anchor_image(source: Union[str, Path, bytes, Image.Image]) -> Image.Ima
     if max(w, h) / min(w, h) > MAX_ASPECT:
         raise SettingsError("anchor_image", f"{w}x{h}", f"an aspect ratio of at most {MAX_ASPECT:g}:1")
     return to_rgb8(ImageOps.exif_transpose(image))
+
+
+def too_many_pixels(error: Exception) -> str:
+    """What a ``SettingsError`` says is allowed when Pillow's decompression-bomb guard refused an image."""
+    match = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(error))
+    if match is None:
+        return f"an image within Pillow's decompression-bomb limit ({' '.join(str(error).split())})"
+    pixels, limit = (int(g) for g in match.groups())
+    return (f"an image of at most {limit:,} pixels (Pillow's decompression-bomb limit, 2 x PIL.Image."
+            f"MAX_IMAGE_PIXELS); this one has {pixels:,} pixels")
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:

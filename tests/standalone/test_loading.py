@@ -59,13 +59,19 @@ def test_ensure_demo_model_builds_once_atomically(demo_cache_root, demo_model_di
     stamp = marker.stat().st_mtime_ns
     assert ensure_demo_model(demo_cache_root) == demo_model_dir
     assert marker.stat().st_mtime_ns == stamp
-    assert [p.name for p in demo_cache_root.iterdir()] == ["demo-v1"]  # no staging folder left behind
+    assert demo_model_dir.name.startswith("demo-v1-")  # demo-v1-<tokenizer>-<cache key>
+    assert [p.name for p in demo_cache_root.iterdir()] == [demo_model_dir.name]  # no staging folder left behind
 
 
-def test_ensure_demo_model_refuses_an_incomplete_folder(tmp_path):
-    (tmp_path / "demo-v1" / "unet").mkdir(parents=True)
-    with pytest.raises(RuntimeError, match="not a complete"):
-        ensure_demo_model(tmp_path)
+def test_ensure_demo_model_rebuilds_an_incomplete_folder(tmp_path, monkeypatch, demo_model_dir):
+    """Was: refused ("delete it to rebuild"). Now rebuilt beside it and renamed into place (see test_faults.py)."""
+    from i4vgen_ext.backbones import tiny
+
+    (tmp_path / demo_model_dir.name / "unet").mkdir(parents=True)
+    monkeypatch.setattr(tiny, "build_demo_model", lambda staging: shutil.copytree(demo_model_dir, staging,
+                                                                                  dirs_exist_ok=True))
+    assert ensure_demo_model(tmp_path) == tmp_path / demo_model_dir.name
+    assert read_demo_marker(tmp_path / demo_model_dir.name) == read_demo_marker(demo_model_dir)
 
 
 def test_ensure_demo_model_loses_a_race_gracefully(tmp_path, monkeypatch, demo_model_dir):
@@ -74,12 +80,12 @@ def test_ensure_demo_model_loses_a_race_gracefully(tmp_path, monkeypatch, demo_m
 
     def build_while_another_process_finishes(staging):
         shutil.copytree(demo_model_dir, staging, dirs_exist_ok=True)
-        shutil.copytree(demo_model_dir, tmp_path / "demo-v1")
+        shutil.copytree(demo_model_dir, tmp_path / demo_model_dir.name)
         return staging
 
     monkeypatch.setattr(tiny, "build_demo_model", build_while_another_process_finishes)
-    assert ensure_demo_model(tmp_path) == tmp_path / "demo-v1"
-    assert [p.name for p in tmp_path.iterdir()] == ["demo-v1"]
+    assert ensure_demo_model(tmp_path) == tmp_path / demo_model_dir.name
+    assert [p.name for p in tmp_path.iterdir()] == [demo_model_dir.name]
 
 
 def test_no_model_means_the_demo_model(monkeypatch, demo_cache_root, demo_model_dir):
