@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated subset of: "
                    + ", ".join(m.name for m in all_methods() + evs_methods()) + " (the EVS rows run only when named)")
     p.add_argument("--json", type=Path, help="also write the JSON here")
-    p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where <model>.json is written")
-    p.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="the table rebuilt from --results-dir")
+    p.add_argument("--results-dir", type=Path, default=Path("out/bench/results"),
+                   help="where <model>.json is written (default: out/bench/results under the current folder)")
+    p.add_argument("--markdown", type=Path, default=Path("out/bench/RESULTS.md"),
+                   help="the table rebuilt from --results-dir (default: out/bench/RESULTS.md)")
+    p.add_argument("--update-committed", action="store_true",
+                   help="write into the checkout's bench/results/ and bench/RESULTS.md (the committed tables)")
     return p
 
 
@@ -386,6 +390,8 @@ def run_notes(device: torch.device) -> List[str]:
 
 
 def write_outputs(result: Dict[str, Any], args, short: str) -> None:
+    if args.update_committed:
+        args.results_dir, args.markdown = HERE / "results", HERE / "RESULTS.md"
     text = json.dumps(result, indent=2, default=float)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{short}.json").write_text(text, encoding="utf-8")

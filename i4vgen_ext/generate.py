@@ -228,6 +228,7 @@ def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tra
         "timesteps": _timesteps_record(result),
         "unet_calls": result.unet_calls,
         "progress_steps": result.plan,
+        "progress_reported": result.reported,
         "motion_module_calls_in_anchor_stage": (motion.get("after_anchor", motion["before"]) - motion["before"]),
         **({"evs": {"settings": evs.to_dict(), "timesteps": result.evs.timesteps}} if evs is not None else {}),
         "seconds": {k: round(v, 4) for k, v in tracker.seconds.items()},
