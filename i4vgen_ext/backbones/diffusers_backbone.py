@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.denoiser import StepCallback
+from ..core.denoiser import FixedSchedule, StepCallback
 from ..core.sampling import sample_ddim
 from ..core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 from .feature_injection import AttentionStore, SelfAttentionFeatures
@@ -164,7 +164,7 @@ def _cover_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     return resized.crop((left, top, left + width, top + height))
 
 
-class DiffusersDenoiser:
+class DiffusersDenoiser(FixedSchedule):
     """The ``Denoiser`` protocol over a ``DiffusersBackbone`` with one prompt, negative prompt and guidance.
 
     Classifier-free guidance is the official one: [uncond, cond] in ONE UNet call, eps = u + g * (c - u);
@@ -191,14 +191,6 @@ class DiffusersDenoiser:
         self.embeddings = torch.cat([backbone.encode_text(negative_prompt), cond]) if self.do_cfg else cond
         self.unet_calls = 0
         self._attention = SelfAttentionFeatures(backbone.unet)
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas_cumprod
-
-    @property
-    def timesteps(self) -> Sequence[int]:
-        return self._timesteps
 
     @torch.no_grad()
     def predict_noise(self, x: torch.Tensor, t: int, *, video: bool) -> torch.Tensor:

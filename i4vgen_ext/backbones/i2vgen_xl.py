@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from ..core.denoiser import StepCallback, notify
+from ..core.denoiser import FixedSchedule, StepCallback, notify
 from ..core.noise import Noises
 from ..core.pipeline import I4VGenResult, run_i4vgen
 from ..core.settings import I4VGenSettings
@@ -99,7 +99,7 @@ class I2VConditioning:
     image_latent: torch.Tensor  # (4, h, w) the encoded image, also I4VGen's anchor
 
 
-class I2VGenXLDenoiser:
+class I2VGenXLDenoiser(FixedSchedule):
     """The core's ``Denoiser`` over I2VGen-XL's UNet for one prompt, image and step count (video mode only).
 
     ``predict_noise`` returns epsilon whatever the model predicts; ``denoise`` runs the model's own DDIM
@@ -114,14 +114,6 @@ class I2VGenXLDenoiser:
         self._timesteps = [int(t) for t in self.scheduler.timesteps]
         self._alphas_cumprod = self.scheduler.alphas_cumprod.detach().to("cpu", torch.float32).clone()
         self.unet_calls = 0
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas_cumprod
-
-    @property
-    def timesteps(self) -> Sequence[int]:
-        return self._timesteps
 
     @property
     def image_latent(self) -> torch.Tensor:

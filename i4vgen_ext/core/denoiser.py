@@ -78,3 +78,19 @@ class Denoiser(Protocol):
 def notify(callback: Optional[StepCallback], stage: str, i: int, total: int, timestep: int) -> None:
     if callback is not None:
         callback(StepEvent(stage, i, total, int(timestep)))
+
+
+class FixedSchedule:
+    """The protocol's schedule properties for a denoiser that fixes its schedule when it is made: it sets
+    ``_alphas_cumprod`` and ``_timesteps``."""
+
+    _alphas_cumprod: torch.Tensor
+    _timesteps: Sequence[int]
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas_cumprod
+
+    @property
+    def timesteps(self) -> Sequence[int]:
+        return self._timesteps

@@ -161,6 +161,16 @@ DEFAULTS: Dict[str, Any] = {f.name: f.default for f in FIELDS}
 _SETTING_NAMES = tuple(f.name for f in FIELDS if f.kind is not IMAGE)
 
 
+def mode_runs_i4vgen(mode: str) -> bool:
+    """Whether the mode's video is I4VGen's (else plain AnimateDiff's)."""
+    return mode.startswith("i4vgen")
+
+
+def mode_runs_evs(mode: str) -> bool:
+    """Whether EVS refines the mode's video."""
+    return mode.endswith("+evs")
+
+
 def parse_sfi_layers(text: str) -> Union[str, Tuple[str, ...]]:
     """A layer selection: one of ``SFI_LAYER_PRESETS``, or the tuple of module-name prefixes of a comma list."""
     if not isinstance(text, str):
@@ -308,13 +318,8 @@ class I4VGenSettings:
         """n_re = min(int(S * p_re), S)."""
         return min(int(self.steps * self.regen_strength), self.steps)
 
-    @property
-    def runs_i4vgen(self) -> bool:
-        return self.mode.startswith("i4vgen")
-
-    @property
-    def runs_evs(self) -> bool:
-        return self.mode.endswith("+evs")
+    runs_i4vgen = property(lambda self: mode_runs_i4vgen(self.mode))
+    runs_evs = property(lambda self: mode_runs_evs(self.mode))
 
     def alphas(self) -> List[float]:
         return alpha_list(self.alpha_schedule, self.nivsds_iterations)

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..core.evs import EVSSettings
 from ..core.settings import (EXTRA_NAMES, FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError,
-                             parse_method_args, to_bool)
+                             mode_runs_evs, mode_runs_i4vgen, parse_method_args, to_bool)
 from .anchor import decode_anchor_arg, describe_anchor
 from .fields import WEBUI_MODES
 from .ranking import check_ranker_name
@@ -34,14 +34,6 @@ class ScriptArgs:
     anchor_sample: bool = False
     evs: EVSSettings = field(default_factory=EVSSettings)
 
-    @property
-    def runs_i4vgen(self) -> bool:
-        return self.mode.startswith("i4vgen")
-
-    @property
-    def runs_evs(self) -> bool:
-        return self.mode.endswith("evs")
-
     def extra_record(self) -> Dict[str, Any]:
         """The WebUI-only settings the run used, under their API names (for the infotext)."""
         record: Dict[str, Any] = {"mode": self.mode}
@@ -55,6 +47,9 @@ class ScriptArgs:
     @property
     def core_mode(self) -> str:
         return WEBUI_MODES[self.mode]
+
+    runs_i4vgen = property(lambda self: mode_runs_i4vgen(self.core_mode))
+    runs_evs = property(lambda self: mode_runs_evs(self.core_mode))
 
 
 def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:

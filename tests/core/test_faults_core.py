@@ -14,20 +14,11 @@ from i4vgen_ext.cli import main
 from i4vgen_ext.core.anchor_image import load_anchor_image
 from i4vgen_ext.core.settings import SettingsError
 
+from ..cli_helpers import cli_error
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli_error(capsys, *argv) -> str:
-    """Run the CLI; it must fail with status 2 and exactly one ``i4vgen: error:`` line, without a traceback."""
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("i4vgen: error: ")]
-    assert len(errors) == 1, err
-    assert all(line in errors or line.startswith("(set I4VGEN_DEBUG") for line in lines), err
-    return errors[0]
 
 
 @pytest.fixture

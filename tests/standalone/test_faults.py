@@ -21,6 +21,8 @@ from i4vgen_ext.backbones.lora import fuse_lora, lora_targets
 from i4vgen_ext.cli import main
 from i4vgen_ext.errors import LoraFileError, ModelFileError
 
+from ..cli_helpers import cli_error
+
 pytestmark = pytest.mark.standalone
 
 LORA_LAYER = "lora_unet_down_blocks_0_attentions_0_proj_out"
@@ -38,17 +40,6 @@ def assert_no_model_work(cache: Path) -> None:
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def cli_error(capsys, *argv) -> str:
-    """Run the CLI; it must fail with status 2 and exactly one ``i4vgen: error:`` line, without a traceback."""
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("i4vgen: error: ")]
-    assert len(errors) == 1, err
-    assert all(line in errors or line.startswith("(set I4VGEN_DEBUG") for line in lines), err
-    return errors[0]
 
 
 def generate(tmp_path, *extra) -> list:
