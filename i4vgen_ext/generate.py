@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .core.anchor_image import fit_to_video, load_anchor_image
-from .core.compose import plan_run, run_mode, seeded_noises
+from .core.compose import STAGE_LABELS, plan_run, run_mode, seeded_noises
 from .core.denoiser import StepEvent
 from .core.evs import draw_evs_noises
 from .core.noise import seeded_generator
@@ -77,6 +77,7 @@ class _Tracker:
 
     seconds: Dict[str, float] = field(default_factory=dict)
     stage: str = "checks"
+    plan: List[str] = field(default_factory=list)  # the run's stages in order
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -86,6 +87,14 @@ class _Tracker:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def step(self, event: StepEvent) -> None:
+        """The stage running after this step: its own, or the next planned one once it has finished."""
+        stage = event.stage
+        if event.i >= event.total and stage in self.plan:
+            later = self.plan[self.plan.index(stage) + 1:]
+            stage = later[0] if later else "decoding"
+        self.stage = STAGE_LABELS.get(stage, stage)
 
 
 @contextmanager
@@ -106,7 +115,7 @@ def _progress(total: int, quiet: bool, tracker: _Tracker) -> Iterator[Callable[[
     """One bar across all stages; the stage name rides in the description."""
     if quiet:
         def silent(event: StepEvent) -> None:
-            tracker.stage = event.stage
+            tracker.step(event)
 
         yield silent
         return
@@ -114,7 +123,7 @@ def _progress(total: int, quiet: bool, tracker: _Tracker) -> Iterator[Callable[[
 
     with tqdm(total=total, unit="step", dynamic_ncols=True) as bar:
         def update(event: StepEvent) -> None:
-            tracker.stage = event.stage
+            tracker.step(event)
             bar.set_description(event.stage)
             bar.update(1)
 
@@ -185,6 +194,7 @@ def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tra
 
     # 4. The run.
     plan = plan_run(settings.mode, settings, anchor_given=anchor is not None, evs=evs)
+    tracker.plan, tracker.stage = list(plan), STAGE_LABELS.get(next(iter(plan)), "sampling")
     motion = {"before": getattr(backbone, "motion_module_calls", 0)}
     with _progress(sum(plan.values()), output.quiet, tracker) as bar:
         def on_step(event: StepEvent) -> None:
@@ -290,6 +300,7 @@ def refine(job: RefineJob) -> Path:
         # 3. EVS.
         generator = seeded_generator(seed)
         steps = evs.progress_steps(settings.steps)
+        tracker.plan = list(steps)
         with _progress(sum(steps.values()), output.quiet, tracker) as bar, tracker("evs"):
             from .core.evs import evs_refine
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -76,9 +77,22 @@ def candidates_sheet(
 
 
 def write_run_json(path: Path, record: Dict) -> Path:
-    """Strict JSON: a value that is not finite (NaN, inf) is refused rather than written as ``NaN``."""
-    Path(path).write_text(json.dumps(record, indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
+    """Strict JSON: a number that is not finite (a NaN score, say) is written as null, never as ``NaN``."""
+    text = json.dumps(_finite(record), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    Path(path).write_text(text + "\n")
     return Path(path)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _finite(value.tolist())
+    return value
 
 
 def _jsonable(value):

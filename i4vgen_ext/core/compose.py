@@ -20,6 +20,11 @@ from .settings import MODES, I4VGenSettings, SettingsError
 from .stages import plain_video
 
 EVSNoiseSource = Callable[[Tuple[int, ...]], EVSNoises]  # video shape -> EVS noises, drawn after the video stage
+# What each stage is called where a person reads it (progress text, messages).
+STAGE_LABELS = {"anchors": "anchor images", "ranking": "ranking candidates", "ni-vsds": "NI-VSDS",
+                "regeneration": "regeneration", "encode-anchor": "encoding the anchor image",
+                "plain": "AnimateDiff video", "evs-image": "EVS image steps", "evs-video": "EVS video block",
+                "evs-inversion": "EVS inversion"}
 # The unet_calls keys of EVS's stages (flat, beside the video stage's own keys).
 EVS_CALL_KEYS = {"image": "evs_image", "video": "evs_video", "inversion": "evs_inversion"}
 

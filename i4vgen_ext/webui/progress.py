@@ -10,12 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
+from ..core.compose import STAGE_LABELS
 from ..core.denoiser import StepEvent
 
-STAGE_LABELS = {"anchors": "anchor images", "ranking": "ranking candidates", "ni-vsds": "NI-VSDS",
-                "regeneration": "regeneration", "encode-anchor": "encoding the anchor image",
-                "plain": "AnimateDiff video", "evs-image": "EVS image steps", "evs-video": "EVS video block",
-                "evs-inversion": "EVS inversion"}
 
 
 def jobs_per_batch(anchor_chunks: int, *, mode: str = "i4vgen", anchor_image: bool = False) -> int:

@@ -160,3 +160,22 @@ def test_evs_rows_follow_the_cost_model(tmp_path, demo_model_dir):
         m = methods[name]
         assert m["unet_calls_match"] is True and m["call_floor"] > 1
         assert m["hook_unet_calls"]["image"] == 5 + (10 if name == "i4vgen+evs" else 0)
+
+
+def test_the_benchmark_writes_outside_the_checkout_unless_asked(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from bench import compare
+
+    args = compare.build_parser().parse_args([])
+    assert not args.update_committed
+    monkeypatch.chdir(tmp_path)
+    for path in (args.results_dir, args.markdown):
+        assert REPO / "bench" not in path.resolve().parents
+    written = []
+    monkeypatch.setattr(compare, "write_markdown", lambda results, markdown: written.append((results, markdown)))
+    compare.write_outputs({"x": 1}, args, "tiny")
+    assert (tmp_path / "out" / "bench" / "results" / "tiny.json").exists()
+    committed = compare.build_parser().parse_args(["--update-committed"])
+    monkeypatch.setattr(compare.Path, "write_text", lambda self, *a, **k: written.append(self))
+    compare.write_outputs({"x": 1}, committed, "tiny")
+    assert written[-1] == (REPO / "bench" / "results", REPO / "bench" / "RESULTS.md")

@@ -1,0 +1,41 @@
+"""Property-based fuzzing of the WebUI's argument parser (panel positional values and the API dict): any input
+becomes a request or raises the named ``SettingsError``, never another exception."""
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from i4vgen_ext.core.settings import SettingsError
+from i4vgen_ext.webui.args import UI_ORDER, build_settings, parse_script_args
+
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-2**40, max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=24),
+    st.sampled_from(["official", "evs", "i4vgen+evs", "plain", "deep", "true", "/etc/passwd", "../x", "clip", "2"]),
+    st.lists(st.integers(), max_size=3),
+)
+FUZZ = hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _parse(args):
+    try:
+        request = parse_script_args(args)
+    except SettingsError as error:
+        assert str(error).startswith(f"{error.name} = ")
+        return None
+    try:
+        build_settings(request, prompt="a cat", negative_prompt="", seed=1, frames=8, steps=4, guidance=7.0)
+    except SettingsError as error:
+        assert str(error).startswith(f"{error.name} = ")
+    return request
+
+
+@FUZZ
+@given(st.dictionaries(st.one_of(st.sampled_from(UI_ORDER), st.text(max_size=8)), VALUES, max_size=6))
+def test_api_dicts_parse_or_name_the_key(values):
+    _parse([values])
+
+
+@FUZZ
+@given(st.lists(VALUES, max_size=len(UI_ORDER) + 2))
+def test_positional_values_parse_or_name_the_setting(values):
+    _parse(values)
