@@ -98,6 +98,17 @@ def is_enabled(args: Sequence[Any]) -> bool:
     return first is True or (isinstance(first, str) and first.lower() == "true")
 
 
+def misshapen_args(args: Sequence[Any]) -> Optional[str]:
+    """Why ``args`` cannot be the script's arguments (None when they can). A1111 copies
+    ``alwayson_scripts.I4VGen.args`` into the script's slots item by item, so a string there (``"args": "enable"``)
+    arrives as its characters; the first slot of a real request is a bool (panel, positional API) or a dict."""
+    first = args[0] if args else None
+    if isinstance(first, str) and first.strip().lower() not in ("true", "false"):
+        return ("I4VGen: bad argument 'args': alwayson_scripts.I4VGen.args must be a list: [{\"enable\": true, ...}] "
+                f"(a dict of settings) or the panel's positional values [true, ...]; got a string starting {first!r}")
+    return None
+
+
 def build_settings(
     request: ScriptArgs, *, prompt: str, negative_prompt: str, seed: int, frames: int, steps: int, guidance: float,
     default_preset: str = "official",

@@ -12,6 +12,7 @@ Hook plan (A1111 1.10.1 ``modules/processing.py`` ``process_images_inner``; AD's
 * ``Script.postprocess`` (ordered after AnimateDiff's, see metadata.ini): infotext as plain text, candidates."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 import types
@@ -26,10 +27,10 @@ from ..core.settings import I4VGenSettings, SettingsError
 from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
 from .anchor import encode_anchor
-from .args import ScriptArgs, build_settings, is_enabled, parse_script_args
+from .args import ScriptArgs, build_settings, is_enabled, misshapen_args, parse_script_args
 from .attention import select_layers
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
-from .infotext import INFOTEXT_KEY, infotext_value
+from .infotext import INFOTEXT_KEY, infotext_value, parse_infotext_value
 from .progress import StageProgress, jobs_per_batch, plan_job_count
 from .ranking import RankerCache, resolve_ranker_folder
 from .refine import DRAWS_BEFORE_EVS, host_evs_noises
@@ -162,6 +163,10 @@ def resolve_settings(p: Any, request: ScriptArgs, default_preset: str, iteration
 def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
     """Plan the job, or arrange its refusal. Returns None when I4VGen stays out of this job."""
     if not args:
+        return None
+    misshapen = misshapen_args(args)
+    if misshapen is not None:
+        install_refusal(p, misshapen)
         return None
     if not is_enabled(args) and not isinstance(args[0], Mapping):
         return None  # a disabled panel: its values (an uploaded image among them) are not even read
@@ -470,13 +475,30 @@ def finish(p: Any, processed: Any, plan: JobPlan) -> List[tuple]:
     gallery: List[tuple] = []
     for outcome in done:
         for index, image in enumerate(outcome.candidate_images or []):
+            image.info["parameters"] = candidate_infotext(p, outcome, index)  # PNG Info -> this anchor
             gallery.append((image, caption(index, outcome)))
     if plan.request.return_candidates and gallery and processed is not None:
         if plan.ad.injected:
             log.warning("I4VGen: candidates not added to the results: I4VGen's postprocess ran before "
                         "AnimateDiff's (check the extension order, metadata.ini)")
         else:
-            for image, text in gallery:
+            for image, _ in gallery:
                 processed.images.append(image)
-                processed.infotexts.append(f"I4VGen {text}")
+                processed.infotexts.append(image.info["parameters"])
     return gallery
+
+
+def candidate_infotext(p: Any, outcome: BatchOutcome, index: int) -> str:
+    """The job's infotext for candidate ``index`` of a video: its I4VGen record names that candidate as the manual
+    anchor, so pasting it back (PNG Info -> txt2img, or the API's ``infotext``) makes the same video from it."""
+    record = parse_infotext_value(outcome.infotext) or {}
+    record.update(anchor_index=index, chosen_anchor=index, candidate=index)
+    if outcome.scores:
+        record["candidate_score"] = outcome.scores[index]
+    saved = p.extra_generation_params.get(INFOTEXT_KEY)
+    p.extra_generation_params[INFOTEXT_KEY] = json.dumps(record, separators=(",", ":"))
+    try:
+        return shim.processing().create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds,
+                                                 iteration=outcome.iteration, position_in_batch=0)
+    finally:
+        p.extra_generation_params[INFOTEXT_KEY] = saved

@@ -12,7 +12,7 @@ from PIL import Image
 
 from i4vgen_ext.webui import job as i4vgen_job
 
-from .conftest import ad_args, gif_frames, make_p, pasted_values, run
+from .conftest import ad_args, gif_frames, make_p, pasted_values, run, ui_args
 
 
 def test_infotext_written_and_pasted_back(host, stub):
@@ -99,3 +99,39 @@ def test_api_request_without_i4vgen_is_a_plain_animatediff_job(host, monkeypatch
             "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8)]}}}
     response = api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
     assert not called and "I4VGen" not in json.loads(response["info"])["extra_generation_params"]
+
+
+@pytest.mark.parametrize("args", ["enable", "{enable: true}"])
+def test_api_args_that_are_a_string_are_refused_before_sampling(host, stub, args):
+    from modules.api import api
+
+    body = {"prompt": "a corgi", "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8)]}, "I4VGen": {"args": args}}}
+    with pytest.raises(i4vgen_job.I4VGenError, match=r"bad argument 'args': .*must be a list"):
+        api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    assert host.model.unet_log == []
+
+
+def test_candidates_carry_png_parameters_that_paste_back_with_their_anchor(host, stub):
+    from modules.api import api
+
+    body = {"prompt": "a corgi", "negative_prompt": "blurry", "seed": 7, "steps": 4, "cfg_scale": 5.0, "width": 64,
+            "height": 64, "sampler_name": "Euler",
+            "alwayson_scripts": {"AnimateDiff": {"args": [ad_args(batch_size=8, format=["GIF"])]},
+                                 "I4VGen": {"args": [{"enable": True, "candidates": 3, "return_candidates": True}]}}}
+    response = api.text2imgapi(body, host.runners["txt2img"], host.defaults["txt2img"])
+    info = json.loads(response["info"])
+    chosen = json.loads(info["extra_generation_params"]["I4VGen"])["chosen_anchor"]
+    for k, encoded in enumerate(response["images"][1:]):
+        text = Image.open(io.BytesIO(base64.b64decode(encoded))).info["parameters"]
+        assert text == info["infotexts"][-3 + k] and "Seed: 7" in text  # appended after the frames' infotexts
+        pasted = pasted_values(host, text)
+        assert pasted["enable"] is True and pasted["anchor_index"] == k and pasted["candidates"] == 3
+    # Pasting candidate k back makes the video from candidate k, with no ranking.
+    k = 2 if chosen != 2 else 1
+    text = Image.open(io.BytesIO(base64.b64decode(response["images"][1 + k]))).info["parameters"]
+    again = run(make_p(host, i4vgen=ui_args(host, **{n: v for n, v in pasted_values(host, text).items()
+                                                     if v is not None and n not in ("enable", "anchor_image")}),
+                       ad=ad_args(batch_size=8), seed=7, steps=4, cfg_scale=5.0, negative_prompt="blurry"))
+    record = json.loads(again.extra_generation_params["I4VGen"])
+    assert record["chosen_anchor"] == k and record["ranked_by"] == "manual"

@@ -45,10 +45,19 @@ def init_script_args(alwayson_scripts, default_script_args, script_runner):
 
 
 def encode_pil_to_base64(image):
+    """As ``modules/api/api.py`` with ``samples_format`` png: the image's text ``info`` items become PNG text chunks."""
+    from PIL import PngImagePlugin
+
     if isinstance(image, str):
         return image
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    metadata = PngImagePlugin.PngInfo()
+    use_metadata = False
+    for key, value in image.info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            metadata.add_text(key, value)
+            use_metadata = True
+    image.save(buffer, format="PNG", pnginfo=(metadata if use_metadata else None))
     return base64.b64encode(buffer.getvalue()).decode()
 
 
