@@ -1,13 +1,7 @@
-"""Write a Hugging Face ``CLIPTokenizer`` folder offline.
+"""Write a Hugging Face ``CLIPTokenizer`` folder offline, from the CLIP merge list inside the ``open_clip_torch``
+wheel (the real ids) or, without it, a byte-level CLIP tokenizer with zero merges (514 tokens).
 
-The real CLIP byte-pair merge list ships inside the ``open_clip_torch`` wheel (``bpe_simple_vocab_16e6.txt.gz``,
-MIT licensed like CLIP itself). From it we rebuild ``vocab.json`` + ``merges.txt`` exactly as OpenAI's CLIP
-tokenizer lays them out, so the folder reproduces the real ids. Without that file the same layout with zero merges
-is still a valid (byte-level) CLIP tokenizer of 514 tokens.
-
-The folder loads with ``CLIPTokenizer.from_pretrained`` under transformers 4.x (slow tokenizer reading
-vocab.json/merges.txt) and 5.x (tokenizers backend built from the same two files). Pure Python: open_clip is
-located with ``importlib.util.find_spec`` and never imported.
+Details: docs/backbones.md §CLIP tokenizer.
 """
 from __future__ import annotations
 

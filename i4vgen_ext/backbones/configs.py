@@ -1,11 +1,7 @@
-"""Architecture configs written by code, so that single-file checkpoints load with no hub access.
+"""Architecture configs written by code, so that single-file checkpoints (A1111 SD1.5, AnimateDiff ``mm_*.ckpt``)
+load with no hub access: the real SD1.5 / AnimateDiff layouts and the tiny demo model's, told apart by tensor shapes.
 
-diffusers' ``from_single_file`` needs a diffusers-layout folder of *configs* (no weights) to know what to build.
-For an A1111 SD1.5 checkpoint and an AnimateDiff ``mm_*.ckpt`` those configs are fixed architecture facts, so we
-write them here instead of downloading them. Two families are known: the real SD1.5 / AnimateDiff layouts and
-the embedded tiny demo model (same topology, tiny widths). Which one a file holds is read from tensor shapes.
-
-diffusers and transformers are imported inside the functions that need them.
+Details: docs/backbones.md §Configs.
 """
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""AnimateDiff on diffusers as an I4VGen backbone (the standalone library's and CLI's model).
+"""AnimateDiff on diffusers as an I4VGen backbone (the standalone library's and CLI's model): a ``UNetMotionModel``
+for the video stages, a ``UNet2DConditionModel`` view of the same spatial weights for the image stage, and the
+core's ``sample_ddim`` as the sampler.
 
-One ``UNetMotionModel`` runs the video stages; the image stage runs a ``UNet2DConditionModel`` *view* of the same
-spatial weights, so candidates never touch a motion module (the official code's "fewer than 16 frames" bypass,
-made explicit, so F < 16 still animates). The sampler is the core's ``sample_ddim`` over our ``predict_noise``;
-in fp32 it reproduces diffusers' ``AnimateDiffPipeline`` / ``DDIMScheduler`` loop.
-
-Typical use::
-
-    backbone = DiffusersBackbone.load()                      # the embedded tiny demo model
-    denoiser = backbone.denoiser("a corgi on the beach", "", guidance=7.5, steps=25)
-    result = run_i4vgen(denoiser, settings, noises, ranker=ranker, decode_images=backbone.decode_images)
-    frames = backbone.decode_video(result.video)
+Details and typical use: docs/backbones.md §AnimateDiff.
 """
 from __future__ import annotations
 

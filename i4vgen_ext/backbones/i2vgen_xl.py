@@ -1,15 +1,7 @@
-"""I2VGen-XL (diffusers) as an I4VGen backbone.
+"""I2VGen-XL (diffusers) as an I4VGen backbone: the user's image, VAE-encoded, is the anchor, and NI-VSDS and
+regeneration run through our own DDIM loop with the conditioning the diffusers ``I2VGenXLPipeline`` builds.
 
-I2VGen-XL animates a given image, so I4VGen's anchor stage is skipped: the user's image, VAE-encoded, is the
-anchor. NI-VSDS and regeneration then run through our own DDIM loop over the model's UNet with the full
-conditioning the diffusers ``I2VGenXLPipeline`` builds (text, CLIP image embedding, the image latent plus
-position-mask frames, the fps micro-condition), because that pipeline only accepts initial noise.
-
-Typical use::
-
-    backbone = I2VGenXLBackbone.load(path, "cuda", torch.float16)
-    result = run_i2v_i4vgen(backbone, settings, image, noises)   # K + n_re UNet calls
-    frames = backbone.decode_video(result.video)
+Details and typical use: docs/backbones.md §I2VGen-XL.
 """
 from __future__ import annotations
 

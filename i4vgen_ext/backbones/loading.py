@@ -1,15 +1,7 @@
-"""Resolve what the user named (a folder, a single file, nothing) into the components of an AnimateDiff model.
+"""Resolve what the user named (a folder, a single file, nothing) into the components of an AnimateDiff model,
+offline, with the image UNet and the motion UNet sharing one set of spatial weights.
 
-Accepted:
-
-* nothing: the embedded tiny demo model;
-* a diffusers AnimateDiff pipeline folder (``unet/`` holds a ``UNetMotionModel``);
-* a diffusers SD1.5 folder, with its motion adapter in ``motion_adapter/`` or named by ``motion_module``;
-* an A1111 single-file SD1.5 checkpoint (``.safetensors`` / ``.ckpt``) plus ``motion_module``.
-
-``motion_module`` is a diffusers MotionAdapter folder or an AnimateDiff ``mm_*.ckpt`` / ``.safetensors`` (v1, v2, v3).
-Everything loads with ``local_files_only=True``: single files get their configs written by code (``configs.py``).
-The image UNet and the motion UNet always share one set of spatial weights (``shared_unets.py``).
+Details (accepted inputs): docs/backbones.md §Loading.
 """
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
-"""The embedded demo model: a tiny, randomly initialised SD1.5-topology AnimateDiff stack, built by code.
+"""The embedded demo model: a tiny, randomly initialised (seeded) SD1.5-topology AnimateDiff stack, built by code
+and cached, so that ``i4vgen generate`` and the tests run with no download. Its pictures look like noise: it
+demonstrates the machinery, not the method's quality.
 
-It lets ``i4vgen generate`` and the test suite run end to end with no download. Its weights are random (seeded,
-so every build is identical), which means its pictures look like noise: it demonstrates the machinery, not the
-method's quality. It is saved once, as a diffusers SD1.5 folder with a ``motion_adapter/`` subfolder, under
-``$I4VGEN_CACHE`` (default ``~/.cache/i4vgen``) ``/demo-v1-<tokenizer>-<key>``. The key covers everything that
-changes its weights or its tokenizer (see ``demo_cache_key``), so environments that differ (e.g. with and without
-open_clip's CLIP vocabulary) never share a build. The build writes to a temporary folder and renames it into place,
-so concurrent processes never see half a model; an incomplete folder is rebuilt the same way.
+Details (cache folder and key): docs/backbones.md §Demo model.
 """
 from __future__ import annotations
 

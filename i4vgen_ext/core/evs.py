@@ -1,29 +1,8 @@
-"""EVS refinement (Su et al., CVPR 2025): T2I + [T2V] + T2I on the same SD1.5 / AnimateDiff pair.
+"""EVS refinement (Su et al., CVPR 2025): T2I + [T2V] + T2I on the same SD1.5 / AnimateDiff pair. A video latent is
+SDEdit-noised and denoised frame by frame in image mode, with one "encapsulated" block of n_V video steps at one
+T2I step; DDIM inversion and Selective Feature Injection are options. The defaults are ours, each a setting.
 
-An existing video latent is SDEdit-noised and denoised frame by frame in image mode; at one T2I step the
-"encapsulated" video block runs once: the image model's x0 prediction is taken to the video model's noise level
-t_V, denoised n_V steps in video mode, and the video model's x0 prediction is re-noised back to the current T2I
-timestep, where image-mode denoising resumes.
-
-The EVS authors' code is not public; these choices are OURS and every one is a setting:
-* one DDIM schedule (the denoiser's S timesteps) serves both models, so t_I, t_V are picked as strengths;
-* ``strength`` s_I = 0.4 (the paper's), i.e. int(S*0.4) T2I steps;
-* ``t2v_step`` = the T2I step (1-based) whose x0 prediction enters the block; default: the middle one;
-* ``video_strength`` s_V = 0.3 sets t_V = timesteps[S - int(S*s_V)]; ``video_steps`` n_V = 4 (or all the steps
-  below t_V when there are fewer: -1 means min(4, int(S*s_V)));
-* the block's output is re-noised to the SAME T2I timestep and that step is evaluated again (one extra image
-  call): Algorithm 1 re-noises to t_T2V, so the T2I loop resumes there;
-* bridge noises are fresh draws (``fresh_bridge_noise``); off reuses the SDEdit noise for both bridges;
-* ``inversion`` (off): reach t_V by DDIM inversion with the video model instead of SDEdit noising;
-* ``sfi`` (off, needs ``inversion``): Selective Feature Injection (the paper's Eq. 11). The inversion records the
-  spatial self-attention Q, K, V of the ``sfi_layers``; during the n_V video steps those layers attend with
-  (``sfi_gamma``*Q_inv + (1 - gamma)*Q, K_inv, V_inv). The paper's balance points: gamma 0.8 in the deep layers (our
-  default), 0.5 in the shallow ones; gamma 1 in all layers is its "upper limit of reconstruction". It needs a
-  denoiser with the optional ``record_attention`` / ``inject_attention`` capability (see ``denoiser.py``) and costs
-  no UNet call. The paper also injects conv features f; we inject attention only. Memory: only the records of the
-  n_V timesteps are kept, on the model's device (SD1.5, 512x512, 16 frames, fp16, no-CFG inversion: about 0.17 GB
-  per timestep for "deep", 1.1 GB for "all").
-With n_V = 0 (or t2v_step = 0) no block runs and EVS is plain SDEdit in image mode.
+Details: docs/evs.md §Defaults.
 """
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""The user's anchor image in the WebUI: read from the panel (PIL) or the API (base64), encoded by the host's VAE.
+"""The user's anchor image in the WebUI: read from the panel (PIL) or the API (base64), encoded by the host's VAE
+the way A1111's image-to-latent path does, to a reproducible latent (posterior mean or seeded sample).
 
-Encoding follows A1111's own image-to-latent path (``modules/sd_samplers_common.py`` ``images_tensor_to_samples``,
-"Full" method): pixels in [0, 1] -> ``* 2 - 1`` on ``shared.device`` in ``devices.dtype_vae``, then
-``sd_model.get_first_stage_encoding(sd_model.encode_first_stage(x))``. ldm's ``encode_first_stage`` returns a
-``DiagonalGaussianDistribution`` and ``get_first_stage_encoding`` samples it with the global torch RNG and
-multiplies by ``scale_factor`` (0.18215). We hand it the posterior mean (a tensor passes through unsampled) or a
-sample drawn from a CPU generator seeded with the batch seed, so the anchor latent is reproducible."""
+Details: docs/webui-host.md §Anchor image.
+"""
 from __future__ import annotations
 
 import base64

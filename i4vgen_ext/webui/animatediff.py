@@ -1,10 +1,7 @@
 """Finding sd-webui-animatediff's state for this job, and switching its motion module off and on.
 
-Read against continue-revolution/sd-webui-animatediff master (a88e889): ``scripts/animatediff.py``
-(``AnimateDiffScript.before_process`` injects and calls ``params.set_p(p)``, ``postprocess`` restores),
-``scripts/animatediff_mm.py`` (``AnimateDiffMM.inject/restore``, class flag ``mm_injected``, ``_set_ddim_alpha``
-replacing ``alphas_cumprod`` and ``alphas_cumprod_original``), ``scripts/animatediff_utils.py``
-(``get_animatediff_arg``)."""
+Details (the AnimateDiff code this is read against): docs/webui-host.md §AnimateDiff.
+"""
 from __future__ import annotations
 
 import contextlib

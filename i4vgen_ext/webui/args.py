@@ -1,11 +1,8 @@
-"""The script's arguments: positional UI values or one API dict, parsed into an ``I4VGenSettings`` request.
+"""The script's arguments: positional UI values or one API dict, parsed into an ``I4VGenSettings`` request, every
+value checked by the core's ``coerce``.
 
-The UI order is ``enable``, the core's ``METHOD_FIELDS`` in order, ``return_candidates``, then ``EXTRA_NAMES``
-(mode, anchor image, EVS settings), appended so older positional API calls still line up. Every value is checked by
-the core's one ``coerce``.
-Under the API the first slot may instead hold a dict with any subset of those names (A1111 copies
-``alwayson_scripts.I4VGen.args`` positionally and unconverted into ``p.script_args``, ``modules/api/api.py``
-``Api.init_script_args``)."""
+Details (UI order, API dict): docs/webui-host.md §Arguments.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

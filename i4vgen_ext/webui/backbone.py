@@ -1,25 +1,9 @@
-"""The host's model behind the core's ``Denoiser`` protocol: A1111's samplers and CFG denoiser with AnimateDiff.
+"""The host's model behind the core's ``Denoiser`` protocol: A1111's samplers and CFG denoiser with AnimateDiff,
+for the image-mode anchors, single noise predictions (NI-VSDS, EVS), EVS's attention record/inject and the
+video regeneration.
 
-* Image mode (anchors): the motion module is ejected (``animatediff.motion_module_ejected``), a fresh sampler of
-  the user's choice (``sd_samplers.create_sampler``) runs ``Sampler.sample`` per chunk of candidates, with a
-  per-chunk ``rng.ImageRNG`` bound as ``p.rng`` so ancestral noise comes from the candidates' own seeds.
-* Single noise predictions (``predict_noise``: NI-VSDS, EVS): one fresh sampler per stage, whose CFG denoiser
-  (``sampler.model_wrap_cfg``) is called directly, exactly like a sampler step, so AnimateDiff's CFG hook
-  (context windows, prompt travel), LoRA, cond padding and the interrupt check all apply. k-diffusion samplers
-  take ``x / sqrt(abar)`` at sigma and return x0; timestep samplers (DDIM, PLMS, UniPC) take ``x_t`` at ``t`` and
-  return eps. Video mode runs with the motion module in; image mode (EVS's T2I steps) takes it out through the
-  shared ``MotionSwitch`` and evaluates the frames as separate images, in chunks of AnimateDiff's context size.
-  Which stage a call belongs to follows from ``phase`` ("i4vgen": NI-VSDS; "evs": EVS image or video steps;
-  "evs-inversion": the inversion denoiser) and the mode.
-* EVS's Selective Feature Injection: ``record_attention`` / ``inject_attention`` (the optional capability of
-  ``i4vgen_ext.core.denoiser``) act on this denoiser's own video-mode ``predict_noise`` calls only (``attention.py``).
-* Video mode, regeneration: ``p.sampler.sample_img2img`` with ``p.denoising_strength`` borrowed so the user's
-  sampler and scheduler run the last ``n_re`` steps from the given noise.
-
-``timesteps`` are the method's S-step grid (the preset's DDIM "leading" spacing, identical to A1111's DDIM
-``get_timesteps``); NI-VSDS visits its first K entries. ``alphas_cumprod`` is the model's live schedule
-(AnimateDiff's linear betas, also while ejected). Latents are (N, 4, h, w) in the host; the core's videos are
-(1, 4, F, h, w)."""
+Details: docs/webui-host.md §Backbone.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,10 +1,8 @@
-"""The one ``I4VGen`` infotext key: written into ``p.extra_generation_params``, read back on paste.
+"""The one ``I4VGen`` infotext key: written into ``p.extra_generation_params`` as compact JSON of the settings and
+what the run decided, read back on paste.
 
-The value is compact JSON of the resolved method settings, the WebUI's own settings (mode, anchor image, EVS)
-and what the run decided (anchor index, ranker, UNet calls per stage). A1111's ``infotext_utils.quote``
-JSON-quotes it because it holds ``,`` and ``:``, and ``parse_generation_parameters`` unquotes it, so the round
-trip is exact. The anchor image itself is not in it (only its size and a pixel hash): pasting leaves the panel's
-image as it is when the run had one, and clears it when the run had none."""
+Details: docs/webui-host.md §Infotext.
+"""
 from __future__ import annotations
 
 import json

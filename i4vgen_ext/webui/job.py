@@ -1,15 +1,7 @@
 """One I4VGen job inside A1111: checks before sampling, the ``p.sample`` replacement, and putting ``p`` back.
 
-Hook plan (A1111 1.10.1 ``modules/processing.py`` ``process_images_inner``; AD's ``before_process`` has run):
-
-* ``Script.process``: read the args (the anchor image is decoded and checked here), find AnimateDiff, refuse what
-  is unsupported, plan the progress bar. A1111 swallows exceptions raised in script hooks
-  (``ScriptRunner.process`` -> ``errors.report``), so a refusal is delivered by a ``p.sample`` that raises it: the
-  job stops before any UNet call, with the message in the UI and in the API's error body.
-* ``Script.process_batch`` (LoRA already active): lend ``p.sample`` to ``sample_batch``, which runs the core's
-  ``run_mode`` (I4VGen, or AnimateDiff's own sampling for "evs", then EVS for "+evs"/"evs") over ``HostDenoiser``. Whatever happens inside, ``p.sample`` and every borrowed field of ``p`` are put back in ``finally``, and
-  the motion module is injected with the exact schedule tensors it had.
-* ``Script.postprocess`` (ordered after AnimateDiff's, see metadata.ini): infotext as plain text, candidates."""
+Details (hook plan): docs/webui-host.md §Job.
+"""
 from __future__ import annotations
 
 import json

@@ -1,10 +1,7 @@
-"""One WebUI progress bar across I4VGen's stages.
+"""One WebUI progress bar across I4VGen's stages: each stage of a batch counts as one A1111 job.
 
-A1111's bar is ``job_no / job_count + (sampling_step / sampling_steps) / job_count`` (``modules/progress.py``
-``progressapi``), its text is ``state.textinfo``, and ``process_images_inner`` calls ``state.nextjob()`` once per
-batch after ``p.sample``. Each stage of a batch counts as one job: every anchor chunk (one host sampling run each),
-ranking, NI-VSDS, regeneration, AnimateDiff's own video (mode "evs") and EVS. The last stage's ``nextjob`` is the
-host's; the job calls ``stage_finished`` for a video stage that EVS follows."""
+Details: docs/webui-host.md §Progress.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,12 +1,9 @@
 """The ranker for a job: loaded through ``i4vgen_ext.rankers.load_ranker_with_fallback``, kept between jobs when
-the setting says so, and released after ranking otherwise (the UNet needs the memory back).
+the setting says so, and released after ranking otherwise (the UNet needs the memory back). A request's
+``ranker_path`` names one folder inside the server's ranker folder, never a path.
 
-In the WebUI a request's ``ranker_path`` (the API's ``alwayson_scripts.I4VGen.args`` or the panel's "Ranker folder"
-box) is not a path: it is the name of one folder inside the ranker folder, ``<models>/ImageReward`` where
-``<models>`` is Settings > I4VGen > Reward-model folder or else the WebUI's models folder (both set by the server's
-owner only). ``resolve_ranker_folder`` turns the name into that folder; anything else is refused with one message
-that reads the same whether or not something exists at the path, so a request can neither read nor probe the
-server's other files."""
+Details: docs/webui-host.md §Ranker.
+"""
 from __future__ import annotations
 
 import os

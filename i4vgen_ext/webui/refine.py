@@ -1,12 +1,8 @@
-"""EVS's noise inside the WebUI (modes "i4vgen+evs" and "evs"); the refinement itself is the core's, run by
-``core.compose.run_mode``.
+"""EVS's noise inside the WebUI (modes "i4vgen+evs" and "evs"): the host's per-frame generators for the batch,
+continued past the video stage's draws; the refinement itself is the core's, run by ``core.compose.run_mode``.
 
-Noise: the host's own per-frame generators for the batch (``rng.ImageRNG`` over ``p.seeds`` with the job's
-subseed and seed-resize settings), continued past the draws the video stage took from them: AnimateDiff's own
-video takes draw 1 (its starting noise), I4VGen takes draws 1 and 2 (NI-VSDS and regeneration noise). EVS then
-takes the next draw for SDEdit and, with fresh bridge noise, one draw each for the bridge into and out of the
-video block. A private copy of the generators is used, so the noise depends only on the seed settings, never on
-how many draws an ancestral sampler made in between."""
+Details: docs/webui-host.md §EVS noise.
+"""
 from __future__ import annotations
 
 from typing import Any
