@@ -16,7 +16,7 @@ from .costmodel import (
 HEADER = """# Benchmark results: I4VGen vs plain AnimateDiff vs FreeInit
 
 Written by `bench/compare.py` (one section per `bench/results/<model>.json`; rerun the command shown in a section
-to reproduce it). Cost model, method and how to read the columns: `docs/bench.md`.
+to reproduce it). Cost model, method and how to read the columns: the README's "Speed and memory" section.
 """
 
 ORDER = ("sd15-random", "tiny")

@@ -124,7 +124,7 @@ FIELDS: Tuple[FieldSpec, ...] = (
               "size, VAE-encoded (paper section 4.5).", group="anchor"),
     FieldSpec("anchor_sample", bool, False,
               "Encode the anchor image with a VAE posterior sample (seeded) instead of its mean.", group="anchor"),
-    # EVS: the EVS authors' code is not public, so these defaults are ours (see core/evs.py).
+    # EVS: the EVS authors' code is not public, so these defaults are ours (docs/evs.md §Defaults).
     FieldSpec("evs_strength", float, 0.4, "s_I: SDEdit strength of the image-mode pass: int(S * s_I) T2I steps.",
               0, 1, group="evs", open_minimum=True),
     FieldSpec("evs_t2v_step", int, -1,
