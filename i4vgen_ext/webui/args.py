@@ -29,6 +29,7 @@ class ScriptArgs:
     anchor_image: Optional[Any] = None  # the user's anchor as 8-bit RGB (PIL), already checked
     anchor_label: str = ""  # its size and pixel hash, for the infotext
     anchor_sample: bool = False
+    anchor_from_init: bool = False  # img2img: the init image is the anchor
     evs: EVSSettings = field(default_factory=EVSSettings)
 
     def extra_record(self) -> Dict[str, Any]:
@@ -37,6 +38,8 @@ class ScriptArgs:
         if self.anchor_image is not None:
             record["anchor_image"] = self.anchor_label
             record["anchor_sample"] = self.anchor_sample
+            if self.anchor_from_init:
+                record["anchor_source"] = "img2img init image"
         if self.runs_evs:
             record.update(self.evs.to_fields())
         return record

@@ -4,6 +4,7 @@ Details (hook plan): docs/webui-host.md §Job.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -13,12 +14,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..core.anchor_image import to_rgb8
 from ..core.compose import RunNoises, RunObserver, run_mode
 from ..core.noise import Noises
 from ..core.settings import I4VGenSettings, SettingsError
 from . import shim
 from .animatediff import AnimateDiffJob, find_animatediff
-from .anchor import encode_anchor
+from .anchor import describe_anchor, encode_anchor
 from .args import ScriptArgs, build_settings, is_enabled, misshapen_args, parse_script_args
 from .attention import select_layers
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
@@ -76,9 +78,6 @@ def option(name: str, default: Any) -> Any:
 # Checks -----------------------------------------------------------------------------------------------------------
 def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
     """Why this job cannot run I4VGen (None when it can). Does not touch anything."""
-    processing = shim.processing()
-    if isinstance(p, processing.StableDiffusionProcessingImg2Img):
-        return "I4VGen runs in txt2img only; img2img is not supported yet. Untick I4VGen on the img2img tab."
     if shim.is_forge():
         return ("SD WebUI Forge is not supported: its AnimateDiff patches the UNet per sampling call and has no "
                 "inject/restore to switch the motion module off for the anchor images. Use AUTOMATIC1111 1.9/1.10.")
@@ -104,6 +103,30 @@ def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
         pass
     if "sample" in vars(p):
         return "Another extension has replaced this job's sampling step (p.sample); I4VGen cannot run alongside it."
+    return img2img_refusal(p, ad) if is_img2img(p) else None
+
+
+def is_img2img(p: Any) -> bool:
+    return isinstance(p, shim.processing().StableDiffusionProcessingImg2Img)
+
+
+# AnimateDiff's img2vid options shape the init latent that I4VGen's anchor replaces (defaults: power 1, scale 32).
+AD_IMG2VID_DEFAULTS = {"latent_power": 1, "latent_scale": 32, "latent_power_last": 1, "latent_scale_last": 32}
+
+
+def img2img_refusal(p: Any, ad: AnimateDiffJob) -> Optional[str]:
+    """On img2img the init image is the anchor (paper 4.5); what cannot compose with that."""
+    if not getattr(p, "init_images", None):
+        return "I4VGen on img2img makes the video from the init image: give one."
+    if getattr(p, "image_mask", None) is not None:
+        return "I4VGen on img2img uses the whole init image as the anchor: inpainting (a mask) is not supported."
+    if getattr(ad.params, "last_frame", None) is not None:
+        return ("AnimateDiff's 'last frame' (img2vid) is not supported with I4VGen: I4VGen's anchor replaces "
+                "AnimateDiff's init latent. Remove the last frame or untick I4VGen.")
+    changed = [k for k, v in AD_IMG2VID_DEFAULTS.items() if getattr(ad.params, k, v) != v]
+    if changed:
+        return (f"AnimateDiff's img2vid {', '.join(changed)} shape(s) the init latent that I4VGen's anchor replaces: "
+                "set them back to their defaults (latent power 1, latent scale 32) or untick I4VGen.")
     return None
 
 
@@ -113,8 +136,11 @@ def chunk_size_for(ad: AnimateDiffJob, candidates: int) -> int:
     return max(1, min(candidates, ad.context_size))
 
 
-def request_refusal(request: ScriptArgs, steps: int) -> Optional[str]:
+def request_refusal(request: ScriptArgs, steps: int, *, img2img: bool = False) -> Optional[str]:
     """What is wrong with the mode/anchor/EVS combination for a job of ``steps`` steps (None when nothing)."""
+    if img2img and not request.runs_i4vgen:
+        return ("I4VGen: on img2img the init image is the anchor, so the mode must be 'i4vgen' or 'i4vgen+evs' "
+                "(mode 'evs' refines AnimateDiff's own txt2img video).")
     if request.anchor_image is not None and not request.runs_i4vgen:
         return ("I4VGen: an anchor image needs mode 'i4vgen' or 'i4vgen+evs' (mode 'evs' refines AnimateDiff's own "
                 "video). Remove the image or change the mode.")
@@ -180,13 +206,24 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
         log.warning(message)
         p.comment(message)
         return None
+    if is_img2img(p):
+        if request.anchor_image is not None:
+            install_refusal(p, "I4VGen: on img2img the init image is the anchor; clear the panel's anchor image.")
+            return None
+        try:
+            image = to_rgb8(p.init_images[0])
+        except (AttributeError, OSError, ValueError) as error:
+            install_refusal(p, f"I4VGen: the init image cannot be read ({error}).")
+            return None
+        request = dataclasses.replace(request, anchor_image=image, anchor_label=describe_anchor(image),
+                                      anchor_from_init=True)
     default_preset = option("i4vgen_default_preset", "official")
     try:
         settings = resolve_settings(p, request, default_preset, p.all_seeds[0])
     except SettingsError as error:
         install_refusal(p, f"I4VGen: bad argument '{error.name}': {error}")
         return None
-    reason = request_refusal(request, int(p.steps)) or sfi_refusal(request, p, ad)
+    reason = request_refusal(request, int(p.steps), img2img=is_img2img(p)) or sfi_refusal(request, p, ad)
     if reason is not None:
         install_refusal(p, reason)
         return None

@@ -103,7 +103,8 @@ def build_panel(elem_id: Any, is_img2img: bool, default_preset: str = "official"
     by_name: Dict[str, Any] = {}
     with gr.Accordion("I4VGen", open=False, elem_id=elem_id("accordion"), elem_classes=["i4vgen-panel"]):
         if is_img2img:
-            gr.HTML("<p class='i4vgen-note'>I4VGen runs in txt2img only; img2img is not supported yet.</p>")
+            gr.HTML("<p class='i4vgen-note'>On img2img the init image is the anchor: no candidates, no ranker; "
+                    "NI-VSDS and regeneration animate it.</p>")
         gr.HTML("<p class='i4vgen-note'>Works together with AnimateDiff: tick both. Anchor images are made without "
                 "the motion module (or taken from your image), then NI-VSDS and regeneration run in video mode; "
                 "EVS can refine the result.</p>")

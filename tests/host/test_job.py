@@ -156,7 +156,10 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
 
 # Refusals: a clear error before any UNet call --------------------------------------------------------------------------
 @pytest.mark.parametrize("case, expected", [
-    ("img2img", "txt2img only"),
+    ("img2img_mask", "inpainting"),
+    ("img2img_last_frame", "last frame"),
+    ("img2img_latent_power", "latent_power"),
+    ("img2img_mode_evs", "init image is the anchor"),
     ("forge", "Forge is not supported"),
     ("hires", "Hires. fix"),
     ("freeinit", "FreeInit"),
@@ -166,8 +169,18 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
 ])
 def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
     kwargs = dict(i4vgen=i4v(), ad=ad_args(batch_size=8))
-    if case == "img2img":
-        kwargs["tab"] = "img2img"
+    if case.startswith("img2img"):
+        from .conftest import gradient
+
+        kwargs.update(tab="img2img", init_images=[gradient(64, 64)])
+        if case == "img2img_mask":
+            kwargs["mask"] = gradient(64, 64, "L")
+        if case == "img2img_last_frame":
+            kwargs["ad"] = ad_args(batch_size=8, last_frame=gradient(64, 64))
+        if case == "img2img_latent_power":
+            kwargs["ad"] = ad_args(batch_size=8, latent_power=2)
+        if case == "img2img_mode_evs":
+            kwargs["i4vgen"] = {"enable": True, "mode": "evs"}
     if case == "forge":
         monkeypatch.setattr(i4vgen_job.shim, "is_forge", lambda: True)
     if case == "hires":

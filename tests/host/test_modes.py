@@ -303,3 +303,36 @@ def test_progress_counts_add_up_in_every_mode(host, stub, mode, anchor, jobs):
     run(make_p(host, i4vgen=ui_args(host, **named), ad=ad_args(batch_size=8), steps=STEPS, n_iter=2))
     assert shared.state.job_count == shared.state.job_no == 2 * jobs
     assert shared.state.textinfo is None  # the job text is handed back
+
+
+# img2img: the init image is the anchor (paper 4.5) ---------------------------------------------------------------------
+def test_img2img_init_image_is_the_anchor(host, stub, watch):
+    image = gradient(80, 48)
+    model = host.model
+    p = make_p(host, tab="img2img", init_images=[image], i4vgen=ui_args(host), ad=ad_args(batch_size=8),
+               denoising_strength=0.3)
+    run(p)
+    assert stub.loads == 0 and stage_calls(model, "anchors") == []
+    nivsds, regen = stage_calls(model, "ni-vsds"), stage_calls(model, "regeneration")
+    assert len(nivsds) == 3 and len(regen) == 4 and len(model.unet_log) == 7  # K + n_re, nothing else
+    x = image_to_tensor(fit_to_video(image, 64, 64)) * 2 - 1
+    assert len(model.encode_log) == 1 and torch.equal(model.encode_log[0], x)  # encoded at the video size
+    record = record_of(p)
+    assert record["unet_calls"] == {"anchor": 0, "nivsds": 3, "regeneration": 4, "total": 7}
+    assert record["chosen_anchor"] == -1 and record["anchor_source"] == "img2img init image"
+    assert record["anchor_image"] == describe_anchor(image)
+    assert p.denoising_strength == 0.3  # the host's own value is handed back
+    assert_restored(watch, p)
+    # The same image as the txt2img panel's anchor makes the same video.
+    model.unet_log.clear()
+    same = run(make_p(host, i4vgen=ui_args(host, anchor_image=image), ad=ad_args(batch_size=8)))
+    again = run(make_p(host, tab="img2img", init_images=[image], i4vgen=ui_args(host), ad=ad_args(batch_size=8)))
+    assert video_frames(same) == video_frames(again)
+
+
+def test_img2img_refuses_a_second_anchor(host, stub):
+    p = make_p(host, tab="img2img", init_images=[gradient(64, 64)], i4vgen=ui_args(host, anchor_image=gradient(64, 64)),
+               ad=ad_args(batch_size=8))
+    with pytest.raises(i4vgen_job.I4VGenError, match="init image is the anchor"):
+        run(p)
+    assert host.model.unet_log == []

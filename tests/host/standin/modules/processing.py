@@ -233,6 +233,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     init_images: list = None
     denoising_strength: float = 0.75
+    mask: Any = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.image_mask = self.mask  # as the real __post_init__ keeps the mask
 
 
 class Processed:
