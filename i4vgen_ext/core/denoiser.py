@@ -20,6 +20,7 @@ class StepEvent:
     i: int
     total: int
     timestep: int
+    latents: Optional[torch.Tensor] = None  # the stage's current video, where a stage has one to show
 
 
 StepCallback = Callable[[StepEvent], None]
@@ -49,9 +50,10 @@ class Denoiser(Protocol):
     ) -> torch.Tensor: ...
 
 
-def notify(callback: Optional[StepCallback], stage: str, i: int, total: int, timestep: int) -> None:
+def notify(callback: Optional[StepCallback], stage: str, i: int, total: int, timestep: int,
+           latents: Optional[torch.Tensor] = None) -> None:
     if callback is not None:
-        callback(StepEvent(stage, i, total, int(timestep)))
+        callback(StepEvent(stage, i, total, int(timestep), latents))
 
 
 class FixedSchedule:

@@ -75,7 +75,7 @@ def ni_vsds(
         eps = denoiser.predict_noise(x_t, t, video=True)
         w = 1 - ac[t]
         x = x - alphas[i] * (w * (eps - noise))
-        notify(callback, "ni-vsds", i + 1, len(ts), t)
+        notify(callback, "ni-vsds", i + 1, len(ts), t, x)
     return StageResult(x, denoiser.unet_calls - before, ts)
 
 

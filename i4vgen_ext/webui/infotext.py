@@ -32,6 +32,15 @@ def infotext_value(
     return json.dumps(record, separators=(",", ":"), sort_keys=False)
 
 
+def stopped_value(settings: I4VGenSettings, request: Any, action: str, stage: str) -> str:
+    """The value for a video that was interrupted or skipped: its settings, and where it stopped (no UNet calls or
+    anchor: the run did not finish, so pasting it back runs the whole method again)."""
+    record: Dict[str, Any] = settings.method_dict()
+    record.update(request.extra_record())
+    record[action] = stage
+    return json.dumps(record, separators=(",", ":"), sort_keys=False)
+
+
 def parse_infotext_value(value: Any) -> Optional[Dict[str, Any]]:
     """The dict behind an ``I4VGen`` value (already unquoted by the host's parser), or None if unreadable."""
     if isinstance(value, Mapping):

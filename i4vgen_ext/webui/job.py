@@ -24,7 +24,7 @@ from .anchor import describe_anchor, encode_anchor
 from .args import ScriptArgs, build_settings, is_enabled, misshapen_args, parse_script_args
 from .attention import select_layers
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
-from .infotext import INFOTEXT_KEY, infotext_value, parse_infotext_value
+from .infotext import INFOTEXT_KEY, infotext_value, parse_infotext_value, stopped_value
 from .progress import StageProgress, jobs_per_batch, plan_job_count
 from .ranking import RankerCache, resolve_ranker_folder
 from .refine import DRAWS_BEFORE_EVS, host_evs_noises
@@ -50,6 +50,7 @@ class BatchOutcome:
     unet_calls: Dict[str, int]  # per stage, then "total"
     seconds: Dict[str, float]
     interrupted: bool = False
+    stopped: str = ""  # "interrupted during NI-VSDS", ...
     progress_plan: Dict[str, int] = field(default_factory=dict)  # steps per stage, planned before the first call
     progress_reported: Dict[str, int] = field(default_factory=dict)
 
@@ -370,6 +371,7 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
     saved = {name: vars(p)[name] for name in BORROWED_FIELDS if name in vars(p)}
     frames = int(p.batch_size)
     denoiser: Optional[HostDenoiser] = None
+    settings: Optional[I4VGenSettings] = None
     try:
         settings = resolve_settings(p, request, plan.default_preset, p.seeds[0])
         ranked = request.runs_i4vgen and request.anchor_image is None
@@ -400,7 +402,7 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
             evs_denoiser=denoiser.variant(phase="evs") if evs is not None else None,
             # Inversion is run without CFG (guidance 1), as DDIM inversion usually is; EVS does not say.
             inversion_denoiser=denoiser.variant(phase="evs-inversion", guidance=1.0) if evs and evs.inversion else None,
-            callback=progress, observer=_BatchObserver(denoiser, progress, request.runs_evs),
+            callback=partial_keeper(denoiser, progress), observer=_BatchObserver(denoiser, progress, request.runs_evs),
             anchor_passes=len(rngs) or 1,
         )
         seconds.update(result.seconds)
@@ -411,8 +413,12 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
         record(p, plan, settings, outcome)
         return to_host_video(result.video)
     except shim.interrupted_exception():
-        log.info("I4VGen: interrupted or skipped")
-        plan.outcomes.append(BatchOutcome(int(p.iteration), "", None, None, None, None, {}, {}, interrupted=True))
+        action = "skipped" if shim.state().skipped else "interrupted"
+        log.warning(f"I4VGen: video {int(p.iteration) + 1} {action} during {progress.current}; the frames are the "
+                    "unfinished video")
+        value = stopped_value(settings, request, action, progress.current) if settings is not None else ""
+        plan.outcomes.append(BatchOutcome(int(p.iteration), value, None, None, None, None, {}, {}, interrupted=True,
+                                          stopped=f"{action} during {progress.current}"))
         partial = denoiser.last_video if denoiser is not None else None
         if partial is None or partial.shape[0] != frames:
             partial = torch.zeros((frames, *latent_shape(p)), device=shim.devices().device)
@@ -431,6 +437,17 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
             ranker_cache.release()
         progress.end()
         plan.progress_log.extend(progress.log)
+
+
+def partial_keeper(denoiser: HostDenoiser, progress: StageProgress) -> Callable[[Any], None]:
+    """The core's step callback: the progress bar, and the stage's current video kept for an interrupt."""
+
+    def on_step(event: Any) -> None:
+        if event.latents is not None:
+            denoiser.keep_partial(event.latents)
+        progress(event)
+
+    return on_step
 
 
 def host_noises(p: Any, request: ScriptArgs, settings: I4VGenSettings, rngs: List[Any]) -> RunNoises:
@@ -493,12 +510,18 @@ def finish(p: Any, processed: Any, plan: JobPlan) -> List[tuple]:
     the candidate images appended after AnimateDiff's outputs. Returns (image, caption) pairs for the gallery."""
     uninstall_sampler(p)
     done = [o for o in plan.outcomes if not o.interrupted]
-    if done:
-        p.extra_generation_params[INFOTEXT_KEY] = done[0].infotext
+    stopped = [o for o in plan.outcomes if o.interrupted and o.infotext]
+    if done or stopped:
+        p.extra_generation_params[INFOTEXT_KEY] = (done or stopped)[0].infotext
     else:
         p.extra_generation_params.pop(INFOTEXT_KEY, None)
-    for outcome in done:
-        p.comment(f"I4VGen video {outcome.iteration + 1} ({plan.request.mode}): {summary(outcome)}, {timing(outcome)}")
+    for outcome in plan.outcomes:
+        if outcome.interrupted:
+            p.comment(f"I4VGen video {outcome.iteration + 1} ({plan.request.mode}) {outcome.stopped}: "
+                      "its frames are the unfinished video")
+        else:
+            p.comment(f"I4VGen video {outcome.iteration + 1} ({plan.request.mode}): {summary(outcome)}, "
+                      f"{timing(outcome)}")
     if processed is not None:
         processed.comments = "".join(f"{c}\n" for c in p.comments)
     gallery: List[tuple] = []

@@ -39,6 +39,7 @@ class StageProgress:
     tqdm: Any = None
     anchor_chunks: int = 1
     log: List[Tuple[str, int, int, int]] = field(default_factory=list)  # (stage, i, total, job_no)
+    current: str = "the start"  # what the batch is doing, for an interrupt's message
     _saved_text: Optional[str] = None
     _anchor_chunk: int = 0
     _evs_total: int = 0
@@ -51,7 +52,8 @@ class StageProgress:
         self.state.textinfo = self._saved_text
 
     def stage(self, stage: str, detail: str = "") -> None:
-        text = f"I4VGen: {STAGE_LABELS.get(stage, stage)}"
+        self.current = STAGE_LABELS.get(stage, stage)
+        text = f"I4VGen: {self.current}"
         self.state.textinfo = f"{text} ({detail})" if detail else text
 
     def anchor_chunk_started(self, index: int, count: int) -> None:

@@ -153,17 +153,25 @@ def run(p):
 
 
 def run_stopped(p, action: str) -> None:
-    """Run a job that a trigger stops: an error propagates; an interrupt or skip finishes the job without an I4VGen
-    infotext (the video is unfinished) and AnimateDiff's postprocess still runs."""
+    """Run a job that a trigger stops: an error propagates; an interrupt or skip finishes the job with an I4VGen
+    infotext that says so and where (the video is unfinished) and AnimateDiff's postprocess still runs."""
     from scripts.animatediff_mm import AnimateDiffMM
 
     if action == "error":
         with pytest.raises(RuntimeError, match="boom"):
             run(p)
         return
+    import json
+
     res = run(p)
-    assert "I4VGen" not in p.extra_generation_params
+    record = json.loads(p.extra_generation_params["I4VGen"])
+    word = "skipped" if action == "skip" else "interrupted"
+    assert record[word] in STAGE_LABELS.values() and "unet_calls" not in record and "chosen_anchor" not in record
+    assert any(f"{word} during {record[word]}" in comment for comment in p.comments)
     assert res.images and AnimateDiffMM.mm_injected is False
+
+
+from i4vgen_ext.core.compose import STAGE_LABELS  # noqa: E402
 
 
 # Stages, host state and triggers shared by the job tests -------------------------------------------------------------

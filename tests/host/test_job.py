@@ -232,3 +232,29 @@ def test_host_restored_after_interrupt_skip_and_error(host, stub, watch, monkeyp
              "ni-vsds": ("regeneration",), "regeneration": ()}[stage]
     for next_stage in later:
         assert not stage_calls(host.model, next_stage), f"{next_stage} ran after the {action} in {stage}"
+
+
+def test_an_interrupt_in_nivsds_returns_its_unfinished_video_and_says_so(host, stub, monkeypatch):
+    from modules import shared
+
+    returned = []
+    original = i4vgen_job.sample_batch
+    monkeypatch.setattr(i4vgen_job, "sample_batch", lambda *a: (returned.append(original(*a)), returned[-1])[1])
+    model = host.model
+    apply = model.apply_model
+    calls = []
+
+    def apply_model(x, t, cond):
+        if (shared.state.textinfo or "").startswith("I4VGen: NI-VSDS"):
+            calls.append(t)
+            if len(calls) == 2:
+                shared.state.interrupt()
+        return apply(x, t, cond)
+
+    monkeypatch.setattr(model, "apply_model", apply_model)
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
+    res = run(p)
+    video = returned[0]
+    assert video.shape == (8, 4, 8, 8) and video.abs().sum() > 0  # NI-VSDS's video, not grey frames
+    assert res.images and "I4VGen video 1 (i4vgen) interrupted during NI-VSDS" in res.comments
+    assert json.loads(p.extra_generation_params["I4VGen"])["interrupted"] == "NI-VSDS"

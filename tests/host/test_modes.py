@@ -336,3 +336,19 @@ def test_img2img_refuses_a_second_anchor(host, stub):
     with pytest.raises(i4vgen_job.I4VGenError, match="init image is the anchor"):
         run(p)
     assert host.model.unet_log == []
+
+
+def test_batch_count_makes_one_i4vgen_video_per_iteration(host, stub):
+    from modules import infotext_utils
+
+    p = make_p(host, i4vgen=ui_args(host), ad=ad_args(batch_size=8), n_iter=2, seed=50)
+    res = run(p)
+    assert len(res.images) == 2  # AnimateDiff's two videos
+    first, second = (gif_frames(path) for path in res.images)
+    assert first != second
+    texts = [res.infotexts[0], res.infotexts[8]]
+    params = [infotext_utils.parse_generation_parameters(t) for t in texts]
+    assert [int(x["Seed"]) for x in params] == [50, 58]  # each video its own seed
+    records = [json.loads(x["I4VGen"]) for x in params]
+    assert all(r["unet_calls"]["total"] == 4 + 3 + 4 for r in records)  # S (2 candidates, one chunk) + K + n_re
+    assert len(host.model.unet_log) == 2 * (4 + 3 + 4)

@@ -259,8 +259,9 @@ def test_forwards_restored_after_success_error_and_interrupt_inside_the_evs_bloc
             run(p)
     assert_forwards_untouched(unet)
     assert_restored(watch, p)
-    if action != "error":  # an error stops the job before postprocess; an interrupted video has no infotext
-        assert ("I4VGen" in p.extra_generation_params) == (action is None)
+    if action != "error":  # an error stops the job before postprocess; an interrupted video says where it stopped
+        record = json.loads(p.extra_generation_params["I4VGen"])
+        assert ("unet_calls" in record) == (action is None) and ("interrupted" in record) == (action is not None)
     deep = set(select_layers(unet, "deep"))
     assert spy.wrapped_in(stage) == deep  # really wrapped: recording in the inversion, injecting in the video steps
     assert any(name.startswith("mm:") for name in spy.ran_in(stage))  # the motion modules' attention ran, unwrapped
