@@ -75,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OUTPUT_FLAGS = {"--results-dir": 1, "--markdown": 1, "--json": 1, "--update-committed": 0}
+
+
+def measurement_command(argv: list) -> str:
+    """The command that reproduces the figures: the flags that choose where results are written are left out."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag, _, inline = arg.partition("=")
+        if flag in _OUTPUT_FLAGS:
+            skip = 0 if inline else _OUTPUT_FLAGS[flag]
+            continue
+        kept.append(arg)
+    return "python bench/compare.py " + " ".join(shlex.quote(a) for a in kept)
+
+
 # ---- model --------------------------------------------------------------------------------------------------
 def resolve_model(name: str) -> tuple[str, str]:
     """(short name for the results file, path to load)."""
@@ -355,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "clock": args.clock,
-        "command": "python bench/compare.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": measurement_command(argv if argv is not None else sys.argv[1:]),
         "started": started_at,
         "load_seconds": load_seconds,
         "settings": {"frames": setup.frames, "candidates": setup.candidates, "steps": setup.steps, "width": width,

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .schedule import ScheduleConfig
+from .schedule import ScheduleConfig, sampling_timesteps
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The released code's values (xiefan-guo/i4vgen, AnimateDiff pipeline).
@@ -187,7 +187,7 @@ def coerce(name: str, value: Any) -> Any:
     """A CLI/API/panel/infotext value in its field's type, range-checked, or the named ``SettingsError``. The one
     conversion every entry point uses."""
     if name == "schedule":
-        return value if isinstance(value, ScheduleConfig) else ScheduleConfig(**value)
+        return coerce_schedule(value)
     spec = FIELD_BY_NAME.get(name)
     if spec is None:
         raise SettingsError(name, value, "a known setting: " + ", ".join(FIELD_BY_NAME))
@@ -196,6 +196,35 @@ def coerce(name: str, value: Any) -> Any:
     value = _convert(spec, value)
     check(spec, value)
     return value
+
+
+_SCHEDULE_ALLOWED = ("a mapping of num_train_timesteps (int in [2, 10000]), beta_start < beta_end (floats in (0, 1)), "
+                     "beta_schedule (linear | scaled_linear), steps_offset (int in [0, num_train_timesteps - 1]), "
+                     "clip_sample and set_alpha_to_one (bool), timestep_spacing (leading | trailing)")
+
+
+def coerce_schedule(value: Any) -> ScheduleConfig:
+    """The DDIM schedule of a run (from a run.json or the Python API), every field typed and in range."""
+    if isinstance(value, ScheduleConfig):
+        value = value.to_dict()
+    if not isinstance(value, Mapping) or not set(value) <= set(ScheduleConfig.__dataclass_fields__):
+        raise SettingsError("schedule", value, _SCHEDULE_ALLOWED)
+    merged = dict(ScheduleConfig().to_dict(), **value)
+    kinds = {name: type(default) for name, default in ScheduleConfig().to_dict().items()}
+    for name, kind in kinds.items():
+        item = merged[name]
+        ok = isinstance(item, kind) and (kind is bool or not isinstance(item, bool))
+        if kind is float and isinstance(item, int) and not isinstance(item, bool):
+            merged[name], ok = float(item), True
+        if not ok:
+            raise SettingsError("schedule", value, _SCHEDULE_ALLOWED)
+    t = merged["num_train_timesteps"]
+    if not (2 <= t <= 10000 and 0 <= merged["steps_offset"] < t
+            and 0 < merged["beta_start"] < merged["beta_end"] < 1
+            and merged["beta_schedule"] in ("linear", "scaled_linear")
+            and merged["timestep_spacing"] in ("leading", "trailing")):
+        raise SettingsError("schedule", value, _SCHEDULE_ALLOWED)
+    return ScheduleConfig(**merged)
 
 
 def to_bool(name: str, value: Any) -> bool:
@@ -355,6 +384,11 @@ def validate(s: I4VGenSettings) -> None:
         value = getattr(s, name)
         if value is not None and value % 8:
             raise SettingsError(name, value, "a multiple of 8 in [64, 2048]")
+    if not isinstance(s.schedule, ScheduleConfig):
+        raise SettingsError("schedule", s.schedule, _SCHEDULE_ALLOWED)
+    if max(sampling_timesteps(s.steps, s.schedule)) >= s.schedule.num_train_timesteps:
+        raise SettingsError("steps", s.steps, "fewer steps: with this schedule's steps_offset the first timestep "
+                            f"passes {s.schedule.num_train_timesteps - 1}")
     if s.anchor_index >= s.candidates:
         raise SettingsError("anchor_index", s.anchor_index, f"-1 or an integer in [0, {s.candidates - 1}] (candidates = {s.candidates})")
 

@@ -61,7 +61,7 @@ def _from_mapping(values: Mapping[str, Any]) -> ScriptArgs:
         checked["ranker_path"] = check_ranker_name(checked["ranker_path"])
     extras = {name: checked.pop(name) for name in EXTRA_NAMES if name in checked}
     mode = extras.pop("mode", "i4vgen")
-    if mode not in WEBUI_MODES:
+    if not isinstance(mode, str) or mode not in WEBUI_MODES:
         raise SettingsError("mode", mode, "one of " + ", ".join(WEBUI_MODES))
     image = decode_anchor_arg(extras.pop("anchor_image", None))
     return ScriptArgs(

@@ -2,10 +2,14 @@
 named ``SettingsError``, never another exception; run.json is always strict JSON."""
 from __future__ import annotations
 
+import os
+
 import json
 import math
 
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+import pytest
 
 from i4vgen_ext.core.settings import FIELD_BY_NAME, FIELDS, I4VGenSettings, SettingsError, coerce
 from i4vgen_ext.outputs import write_run_json
@@ -17,7 +21,7 @@ VALUES = st.one_of(
     st.sampled_from(["official", "paper", "deep", "i4vgen", "plain+evs", "1e3", "nan", "-1", "0.5", "true", "10,1"]),
     st.lists(st.floats(allow_nan=True), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
-FUZZ = hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -70,3 +74,16 @@ def test_run_json_is_always_strict_json(tmp_path_factory, record):
     path = tmp_path_factory.mktemp("runjson") / "run.json"
     write_run_json(path, record)
     _strict(path.read_text())
+
+
+def test_a_schedule_override_is_typed_and_in_range_or_named():
+    from i4vgen_ext.core.schedule import ScheduleConfig
+
+    good = I4VGenSettings.from_preset("official", schedule={"timestep_spacing": "trailing"})
+    assert good.schedule == ScheduleConfig(timestep_spacing="trailing")
+    for bad in (False, [], "ddim", {"unknown": 1}, {"num_train_timesteps": 1}, {"beta_start": float("nan")},
+                {"beta_start": 0.02, "beta_end": 0.01}, {"steps_offset": True}, {"timestep_spacing": "linspace"}):
+        with pytest.raises(SettingsError, match=r"^schedule = "):
+            I4VGenSettings.from_preset("official", schedule=bad)
+    with pytest.raises(SettingsError, match=r"^steps = 2 .*steps_offset"):
+        I4VGenSettings.from_preset("official", steps=2, schedule={"steps_offset": 600})

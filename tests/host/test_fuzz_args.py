@@ -2,6 +2,8 @@
 becomes a request or raises the named ``SettingsError``, never another exception."""
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from i4vgen_ext.core.settings import SettingsError
@@ -13,7 +15,7 @@ VALUES = st.one_of(
     st.sampled_from(["official", "evs", "i4vgen+evs", "plain", "deep", "true", "/etc/passwd", "../x", "clip", "2"]),
     st.lists(st.integers(), max_size=3),
 )
-FUZZ = hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _parse(args):
@@ -39,3 +41,17 @@ def test_api_dicts_parse_or_name_the_key(values):
 @given(st.lists(VALUES, max_size=len(UI_ORDER) + 2))
 def test_positional_values_parse_or_name_the_setting(values):
     _parse(values)
+
+
+NASTY = [None, True, False, 0, -1, 2**40, 1.5, float("nan"), float("inf"), "", "x", "/etc/passwd", [], [1, 2],
+         {}, {"a": 1}, ("t",), b"bytes"]
+
+
+def test_every_key_with_every_kind_of_value_parses_or_names_the_setting():
+    """The deterministic floor under the fuzzing above: each panel key given each kind of JSON-ish value."""
+    for name in UI_ORDER:
+        for value in NASTY:
+            _parse([{name: value}])
+    for index in range(len(UI_ORDER)):
+        for value in NASTY:
+            _parse([True] * index + [value])

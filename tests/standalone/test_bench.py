@@ -179,3 +179,12 @@ def test_the_benchmark_writes_outside_the_checkout_unless_asked(tmp_path, monkey
     monkeypatch.setattr(compare.Path, "write_text", lambda self, *a, **k: written.append(self))
     compare.write_outputs({"x": 1}, committed, "tiny")
     assert written[-1] == (REPO / "bench" / "results", REPO / "bench" / "RESULTS.md")
+
+
+def test_the_recorded_command_reproduces_the_figures_wherever_they_were_written():
+    sys.path.insert(0, str(REPO))
+    from bench.compare import measurement_command
+
+    argv = ["--model", "sd15-random", "--steps", "4", "--results-dir", "/tmp/r", "--markdown=/tmp/R.md",
+            "--json", "x.json", "--update-committed", "--threads", "1"]
+    assert measurement_command(argv) == "python bench/compare.py --model sd15-random --steps 4 --threads 1"
