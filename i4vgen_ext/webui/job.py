@@ -93,8 +93,9 @@ def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
     mm = getattr(ad.motion, "mm", None)
     if mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot")):
         return f"I4VGen needs an SD1.5 motion module; {ad.model_name} is {getattr(mm, 'mm_type', 'an SDXL module')}."
-    if getattr(p, "enable_hr", False):
-        return "Hires. fix is not supported with I4VGen: turn it off (upscale the finished video instead)."
+    if str(getattr(p, "sampler_name", "")).upper() == "LCM":
+        return ("The LCM sampler is not supported with I4VGen: its consistency denoiser does not return the noise "
+                "prediction NI-VSDS steps with. Choose another sampler (Euler, DPM++ 2M, DDIM, UniPC) or untick I4VGen.")
     if getattr(ad.params, "freeinit_enable", False):
         return "AnimateDiff's FreeInit replaces the same sampling step as I4VGen: turn one of them off."
     try:
@@ -244,7 +245,7 @@ def prepare(p: Any, args: Sequence[Any]) -> Optional[JobPlan]:
         log.warning("I4VGen: AnimateDiff needs 'Pad prompt/negative prompt' (Settings > Optimizations) when the "
                     "prompt and negative prompt have different token lengths.")
     jobs = jobs_per_batch(plan.chunks, mode=request.mode, anchor_image=request.anchor_image is not None)
-    plan_job_count(shim.state(), int(p.n_iter), jobs)
+    plan_job_count(shim.state(), int(p.n_iter), jobs, hires=bool(getattr(p, "enable_hr", False)))
     p.extra_generation_params[INFOTEXT_KEY] = infotext_for(plan)
     return plan
 
@@ -301,11 +302,30 @@ def install_sampler(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> None:
     def sample(self: Any, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any,
                subseed_strength: Any, prompts: Any) -> torch.Tensor:
         try:
-            return sample_batch(self, plan, ranker_cache)
+            samples = sample_batch(self, plan, ranker_cache)
         finally:
             vars(self).pop("sample", None)
+        if getattr(self, "enable_hr", False):
+            return hires_pass(self, samples, seeds, subseeds, subseed_strength, prompts)
+        return samples
 
     p.sample = types.MethodType(sample, p)
+
+
+def hires_pass(p: Any, samples: torch.Tensor, seeds: Any, subseeds: Any, subseed_strength: Any, prompts: Any) -> Any:
+    """Hires. fix over the finished video, exactly as txt2img's own ``sample`` runs it after its first pass
+    (``modules/processing.py`` v1.10.1): every frame upscaled and refined with the motion module in, as AnimateDiff's
+    video would be. An interrupted video comes back as it is (``sample_hr_pass`` checks the interrupt)."""
+    devices = shim.devices()
+    decoded = None
+    if p.latent_scale_mode is None:
+        decoded = torch.stack(shim.processing().decode_latent_batch(
+            p.sd_model, samples, target_device=devices.cpu, check_for_nans=True)).to(dtype=torch.float32)
+    sd_models = shim.module("sd_models")
+    with sd_models.SkipWritingToConfig():
+        sd_models.reload_model_weights(info=p.hr_checkpoint_info)
+    devices.torch_gc()
+    return p.sample_hr_pass(samples, decoded, seeds, subseeds, subseed_strength, prompts)
 
 
 def uninstall_sampler(p: Any) -> None:

@@ -21,14 +21,18 @@ def jobs_per_batch(anchor_chunks: int, *, mode: str = "i4vgen", anchor_image: bo
     return jobs + 1 if mode.endswith("evs") else jobs
 
 
-def plan_job_count(state: Any, n_iter: int, jobs: int) -> None:
+def plan_job_count(state: Any, n_iter: int, jobs: int, *, hires: bool = False) -> None:
     """Call from ``Script.process`` (before ``process_images_inner`` fills in ``job_count = n_iter``) with
-    ``jobs_per_batch(...)``."""
+    ``jobs_per_batch(...)``. Hires. fix adds one job per batch; txt2img's ``init`` would double the count instead,
+    so it is told the count is already refined."""
+    jobs += 1 if hires else 0
     extra = n_iter * (jobs - 1)
     if state.job_count == -1:
         state.job_count = n_iter + extra
     else:  # an outer script (XYZ grid, ...) already counted this job once
         state.job_count += extra
+    if hires:
+        state.processing_has_refined_job_count = True
 
 
 @dataclass

@@ -96,6 +96,7 @@ def clean_state(host):
     extra_networks.activations.clear()
     host.model.unet_log.clear()
     host.model.encode_log.clear()
+    host.model.context_log.clear()
     import torch
 
     mkldnn = torch.backends.mkldnn.enabled

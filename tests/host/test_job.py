@@ -88,6 +88,57 @@ def test_progress_counts_add_up(host, stub):
     assert shared.state.textinfo is None  # the job text is handed back
 
 
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_upscales_the_i4vgen_video(host, stub, watch, upscaler):
+    """Hires. fix runs after I4VGen's video as after AnimateDiff's: every frame upscaled and refined with the motion
+    module in (the host's second pass, not counted in I4VGen's record); the video comes out at the new size."""
+    from PIL import Image
+    from modules import shared
+
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), enable_hr=True, hr_scale=2.0,
+               hr_upscaler=upscaler, hr_second_pass_steps=2, denoising_strength=0.5)
+    res = run(p)
+    record = json.loads(p.extra_generation_params["I4VGen"])
+    assert record["unet_calls"] == {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}
+    first_pass = len(stage_calls(host.model, "anchors")) + 3 + 4
+    hires = host.model.unet_log[first_pass:]
+    assert len(hires) == 2 and all(batch == 16 and mm > 0 for _, batch, mm, _ in hires)  # 8 frames, cond + uncond
+    with Image.open(res.images[0]) as gif:
+        assert gif.size == (128, 128) and gif.n_frames == 8
+    assert p.denoising_strength == 0.5 and not p.is_hr_pass
+    assert shared.state.job_count == shared.state.job_no == 1 + 3 + 1  # anchor chunk, ranking, NI-VSDS, regen, hires
+    assert_restored(watch, p)
+
+
+def test_hires_fix_keeps_an_interrupted_video_as_it_is(host, stub, monkeypatch):
+    trigger_in(monkeypatch, host, stub, "ni-vsds", "interrupt")
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), enable_hr=True, hr_upscaler="Latent")
+    run_stopped(p, "interrupt")
+    assert all(mm > 0 or "anchor" in (text or "") for text, _, mm, _ in host.model.unet_log)
+    assert not any(batch == 16 and text is None for text, batch, _, _ in host.model.unet_log)
+
+
+def test_prompt_travel_anchors_take_frame_0_video_stages_take_every_frame(host, stub, watch):
+    """AnimateDiff's prompt travel: the candidates are made and ranked with frame 0's prompt; NI-VSDS and
+    regeneration get AnimateDiff's per-frame conds (key frames as written, frames between them interpolated)."""
+    p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8),
+               prompt="a corgi\n0: a red ball\n4: a blue ball\non the beach")
+    run(p)
+    model = host.model
+    frame0, frame4 = (model.get_learned_conditioning([f"a corgi, {ball}, on the beach"])[0]
+                      for ball in ("a red ball", "a blue ball"))
+    calls = list(zip(model.unet_log, model.context_log))
+    anchors = [context for (text, *_), context in calls if text.startswith("I4VGen: anchor")]
+    video = [context for (text, *_), context in calls if text.startswith(("I4VGen: NI-VSDS", "I4VGen: regeneration"))]
+    assert len(anchors) == 4 and len(video) == 3 + 4
+    assert all(torch.equal(context[i], frame0) for context in anchors for i in range(2))  # rows: 2 cond, 2 uncond
+    for context in video:  # rows: 8 frames' conds, then 8 unconds
+        assert torch.allclose(context[0], frame0) and torch.allclose(context[4], frame4)
+        assert not torch.allclose(context[2], frame0) and not torch.allclose(context[2], frame4)
+    assert json.loads(p.extra_generation_params["I4VGen"])["unet_calls"]["total"] == 11
+    assert_restored(watch, p)
+
+
 def test_lora_reaches_the_anchor_stage(host, stub):
     p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), prompt="a corgi <lora:tinylora:0.7>")
     run(p)
@@ -161,8 +212,8 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
     ("img2img_latent_power", "latent_power"),
     ("img2img_mode_evs", "init image is the anchor"),
     ("forge", "Forge is not supported"),
-    ("hires", "Hires. fix"),
     ("freeinit", "FreeInit"),
+    ("lcm_sampler", "LCM sampler"),
     ("sdxl_module", "SD1.5-family checkpoint"),
     ("bad_arg", "candidates"),
     ("anchor_out_of_range", "anchor_index"),
@@ -183,8 +234,8 @@ def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
             kwargs["i4vgen"] = {"enable": True, "mode": "evs"}
     if case == "forge":
         monkeypatch.setattr(i4vgen_job.shim, "is_forge", lambda: True)
-    if case == "hires":
-        kwargs["enable_hr"] = True
+    if case == "lcm_sampler":
+        kwargs["sampler_name"] = "LCM"
     if case == "freeinit":
         kwargs["ad"] = ad_args(batch_size=8, freeinit_enable=True)
     if case == "sdxl_module":

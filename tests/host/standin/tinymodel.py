@@ -214,6 +214,7 @@ class TinyLatentDiffusion(nn.Module):
         self.scale_factor = 0.18215
         self.unet_log = []  # (job text, batch, motion-module calls, active lora)
         self.encode_log = []  # every encode_first_stage input
+        self.context_log = []  # the cross-attention context of every UNet call
         self.eval()
 
     def ema_scope(self):
@@ -229,6 +230,7 @@ class TinyLatentDiffusion(nn.Module):
         calls = (lambda: counter.calls) if counter is not None else (lambda: 0)
         context = torch.cat(cond["c_crossattn"], 1) if isinstance(cond, dict) else cond
         before = calls()
+        self.context_log.append(context)
         eps = self.model.diffusion_model(x_noisy, t, context)
         self.unet_log.append((shared.state.textinfo, x_noisy.shape[0], calls() - before,
                               dict(extra_networks.active_lora)))

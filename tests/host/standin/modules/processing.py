@@ -2,7 +2,7 @@
 the flow touch, ``StableDiffusionProcessingTxt2Img.sample`` (create sampler, ``x = self.rng.next()``,
 ``process_before_every_sampling``, ``sampler.sample``), ``Processed`` (``js`` with ``default=lambda o: None``),
 ``create_infotext`` (merging ``extra_generation_params``, callables called with ``p``/``index``, values quoted),
-``decode_latent_batch`` and ``process_images``/``process_images_inner`` with the real hook order:
+``sample_hr_pass`` (Hires. fix), ``decode_latent_batch`` and ``process_images``/``process_images_inner`` with the real hook order:
 before_process -> (seeds) -> process -> per batch: p.rng, before_process_batch, extra networks activate
 (after_extra_networks_activate), process_batch, setup_conds, apply_alpha_schedule_override, p.sample, post_sample,
 decode, nextjob, postprocess_batch, postprocess_batch_list, per image postprocess_image -> postprocess."""
@@ -215,8 +215,34 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_scale: float = 2.0
     hr_upscaler: str = None
     hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str = None
+    hr_sampler_name: str = None
     hr_prompt: str = ''
     hr_negative_prompt: str = ''
+
+    hr_checkpoint_info: dict = field(default=None, init=False)
+    hr_upscale_to_x: int = field(default=0, init=False)
+    hr_upscale_to_y: int = field(default=0, init=False)
+    truncate_x: int = field(default=0, init=False)
+    truncate_y: int = field(default=0, init=False)
+    latent_scale_mode: dict = field(default=None, init=False)
+    hr_c: tuple = field(default=None, init=False)
+    hr_uc: tuple = field(default=None, init=False)
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        # hr_scale only; the hires pass reuses the first pass's conds (no Hires prompt or checkpoint)
+        if not self.enable_hr:
+            return
+        self.hr_upscale_to_x, self.hr_upscale_to_y = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        self.latent_scale_mode = shared.latent_upscale_modes.get(self.hr_upscaler, None) if self.hr_upscaler is not None \
+            else shared.latent_upscale_modes.get(shared.latent_upscale_default_mode, "nearest")
+        if not state.processing_has_refined_job_count:
+            if state.job_count == -1:
+                state.job_count = self.n_iter
+            state.job_count = state.job_count * 2
+            state.processing_has_refined_job_count = True
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
@@ -226,7 +252,53 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, image_conditioning=self.txt2img_image_conditioning(x))
         if not self.enable_hr:
             return samples
-        raise NotImplementedError("hires fix is not modelled by the stand-in")
+        if self.latent_scale_mode is None:
+            decoded_samples = torch.stack(decode_latent_batch(self.sd_model, samples, target_device=devices.cpu, check_for_nans=True)).to(dtype=torch.float32)
+        else:
+            decoded_samples = None
+        with sd_models.SkipWritingToConfig():
+            sd_models.reload_model_weights(info=self.hr_checkpoint_info)
+        devices.torch_gc()
+        return self.sample_hr_pass(samples, decoded_samples, seeds, subseeds, subseed_strength, prompts)
+
+    def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
+        """The real pass with latent upscalers (``interpolate``) and image upscalers (PIL's Lanczos standing in for
+        ``images.resize_image``); no intermediate saving, token merging or inpainting conditioning."""
+        if shared.state.interrupted:
+            return samples
+        self.is_hr_pass = True
+        target_width, target_height = self.hr_upscale_to_x, self.hr_upscale_to_y
+        self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
+        if self.latent_scale_mode is not None:
+            samples = torch.nn.functional.interpolate(samples, size=(target_height // opt_f, target_width // opt_f),
+                                                      mode=self.latent_scale_mode["mode"],
+                                                      antialias=self.latent_scale_mode["antialias"])
+        else:
+            lowres = torch.clamp((decoded_samples + 1.0) / 2.0, min=0.0, max=1.0)
+            batch_images = []
+            for x_sample in lowres:
+                image = Image.fromarray((255. * np.moveaxis(x_sample.cpu().numpy(), 0, 2)).astype(np.uint8))
+                image = image.resize((target_width, target_height), Image.LANCZOS)
+                batch_images.append(np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0))
+            decoded = torch.from_numpy(np.array(batch_images))
+            samples = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(decoded * 2 - 1))
+        image_conditioning = self.txt2img_image_conditioning(samples)
+        shared.state.nextjob()
+        self.rng = rng.ImageRNG(samples.shape[1:], self.seeds, subseeds=self.subseeds, subseed_strength=self.subseed_strength,
+                                seed_resize_from_h=self.seed_resize_from_h, seed_resize_from_w=self.seed_resize_from_w)
+        noise = self.rng.next()
+        devices.torch_gc()
+        self.hr_c, self.hr_uc = self.c, self.uc
+        if self.scripts is not None:
+            self.scripts.before_hr(self)
+        samples = self.sampler.sample_img2img(self, samples, noise, self.hr_c, self.hr_uc,
+                                              steps=self.hr_second_pass_steps or self.steps,
+                                              image_conditioning=image_conditioning)
+        self.sampler = None
+        devices.torch_gc()
+        decoded_samples = decode_latent_batch(self.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
+        self.is_hr_pass = False
+        return decoded_samples
 
 
 @dataclass(repr=False)

@@ -193,6 +193,9 @@ class ScriptRunner:
     def post_sample(self, p, ps):
         self._each("post_sample", p, ps)
 
+    def before_hr(self, p):
+        self._each("before_hr", p)
+
     def postprocess_batch(self, p, images, **kwargs):
         for script in self.ordered_scripts("postprocess_batch"):
             try:

@@ -1,5 +1,6 @@
 """Follows ``modules/sd_models.py`` ``apply_alpha_schedule_override`` (called before every ``p.sample``) and
-``reload_model_weights``."""
+``reload_model_weights`` and ``SkipWritingToConfig``."""
+import contextlib
 from modules import shared
 
 
@@ -13,3 +14,8 @@ def apply_alpha_schedule_override(sd_model, p=None):
 
 def reload_model_weights(sd_model=None, info=None):
     pass
+
+
+@contextlib.contextmanager
+def SkipWritingToConfig():
+    yield

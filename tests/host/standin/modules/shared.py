@@ -1,5 +1,5 @@
 """Follows ``modules/shared.py``: module-level ``opts``, ``state``, ``cmd_opts``, ``device``, ``sd_model``,
-``total_tqdm``, ``OptionInfo``, ``models_path``, ``loaded_hypernetworks``."""
+``total_tqdm``, ``OptionInfo``, ``models_path``, ``loaded_hypernetworks``, ``latent_upscale_modes``."""
 import types
 
 from modules import options, shared_state
@@ -23,6 +23,9 @@ device = "cpu"
 sd_model = None
 models_path = "/tmp/i4vgen-standin-models"
 loaded_hypernetworks = []
+latent_upscale_default_mode = "Latent"
+latent_upscale_modes = {"Latent": {"mode": "bilinear", "antialias": False},
+                        "Latent (nearest)": {"mode": "nearest", "antialias": False}}
 
 
 class TotalTQDM:

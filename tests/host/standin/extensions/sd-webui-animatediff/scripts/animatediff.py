@@ -1,6 +1,6 @@
 """Stand-in of sd-webui-animatediff ``scripts/animatediff.py`` ``AnimateDiffScript`` (A1111 branch): ``ui``
 returns a one-element tuple with ``gr.State(value=AnimateDiffProcess)``; ``before_process`` converts API dicts,
-always calls ``set_ad_params``, and when enabled injects, ``set_p``s and writes the ``AnimateDiff`` infotext;
+always calls ``set_ad_params``, and when enabled injects, ``set_p``s, parses prompt travel and writes the ``AnimateDiff`` infotext;
 ``postprocess`` restores and writes the outputs. Registers its CFG-denoiser hook at import."""
 import gradio as gr
 
@@ -8,6 +8,7 @@ from modules import script_callbacks, scripts
 from scripts.animatediff_infv2v import AnimateDiffInfV2V
 from scripts.animatediff_mm import mm_animatediff as motion_module
 from scripts.animatediff_output import AnimateDiffOutput
+from scripts.animatediff_prompt import AnimateDiffPromptSchedule
 from scripts.animatediff_ui import AnimateDiffProcess
 from scripts.animatediff_utils import get_animatediff_arg
 
@@ -36,6 +37,7 @@ class AnimateDiffScript(scripts.Script):
         if params.enable:
             motion_module.inject(p.sd_model, params.model)
             params.set_p(p)
+            params.prompt_scheduler = AnimateDiffPromptSchedule(p, params)
             p.extra_generation_params["AnimateDiff"] = params.get_dict(False)
             self.hacked = True
         elif self.hacked:

@@ -1,7 +1,8 @@
 """Stand-in of sd-webui-animatediff ``scripts/animatediff_infv2v.py``: ``uniform`` yields context windows (one
 window ``range(batch_size)`` when ``video_length <= batch_size``; otherwise overlapping windows, wrapping around,
 shifted by the step), and ``animatediff_on_cfg_denoiser`` returns unless AD is enabled and injected, and at
-``denoiser.step == 0`` replaces the sampler's ``inner_model.forward`` with a loop over the windows, taking the
+``denoiser.step == 0`` of a sampler takes prompt travel's per-frame conds (``multi_cond``), which every
+call then uses as its text cond, and replaces the sampler's ``inner_model.forward`` with a loop over the windows, taking the
 uncond rows as ``context + video_length`` under ``batch_cond_uncond`` and writing ``x_out[context] = out``."""
 from types import MethodType
 
@@ -32,6 +33,9 @@ class AnimateDiffInfV2V:
         if not motion_module.mm_injected:
             return
         if cfg_params.denoiser.step == 0 and getattr(cfg_params.denoiser.inner_model, 'original_forward', None) is None:
+            prompt_closed_loop = (ad_params.video_length > ad_params.batch_size) and (ad_params.closed_loop in ['R+P', 'A'])
+            ad_params.text_cond = ad_params.prompt_scheduler.multi_cond(cfg_params.text_cond, prompt_closed_loop)
+
             def mm_sd_forward(self, x_in, sigma_in, cond):
                 x_out = torch.zeros_like(x_in)
                 for context in AnimateDiffInfV2V.uniform(ad_params.step, ad_params.video_length, ad_params.batch_size,
@@ -46,4 +50,5 @@ class AnimateDiffInfV2V:
 
             cfg_params.denoiser.inner_model.original_forward = cfg_params.denoiser.inner_model.forward
             cfg_params.denoiser.inner_model.forward = MethodType(mm_sd_forward, cfg_params.denoiser.inner_model)
+        cfg_params.text_cond = ad_params.text_cond
         ad_params.step = cfg_params.denoiser.step
