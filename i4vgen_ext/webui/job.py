@@ -93,6 +93,10 @@ def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
     mm = getattr(ad.motion, "mm", None)
     if mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot")):
         return f"I4VGen needs an SD1.5 motion module; {ad.model_name} is {getattr(mm, 'mm_type', 'an SDXL module')}."
+    if controlnet_units_enabled(p):
+        return ("ControlNet is not supported with I4VGen yet: the candidate anchors are a batch of separate images, "
+                "which ControlNet's per-frame control (AnimateDiff V2V) does not line up with. Turn the ControlNet "
+                "units off or untick I4VGen.")
     if str(getattr(p, "sampler_name", "")).upper() == "LCM":
         return ("The LCM sampler is not supported with I4VGen: its consistency denoiser does not return the noise "
                 "prediction NI-VSDS steps with. Choose another sampler (Euler, DPM++ 2M, DDIM, UniPC) or untick I4VGen.")
@@ -106,6 +110,24 @@ def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
     if "sample" in vars(p):
         return "Another extension has replaced this job's sampling step (p.sample); I4VGen cannot run alongside it."
     return img2img_refusal(p, ad) if is_img2img(p) else None
+
+
+def controlnet_units_enabled(p: Any) -> bool:
+    """Whether sd-webui-controlnet has an enabled unit in this job (its script's args are units: objects with
+    ``enabled``, or dicts under the API)."""
+    runner = getattr(p, "scripts", None)
+    args = getattr(p, "script_args", None) or ()
+    for script in getattr(runner, "alwayson_scripts", None) or ():
+        try:
+            if script.title() != "ControlNet":
+                continue
+        except Exception:
+            continue
+        for unit in args[script.args_from:script.args_to]:
+            enabled = unit.get("enabled") if isinstance(unit, Mapping) else getattr(unit, "enabled", False)
+            if enabled:
+                return True
+    return False
 
 
 def is_img2img(p: Any) -> bool:

@@ -309,3 +309,33 @@ def test_an_interrupt_in_nivsds_returns_its_unfinished_video_and_says_so(host, s
     assert video.shape == (8, 4, 8, 8) and video.abs().sum() > 0  # NI-VSDS's video, not grey frames
     assert res.images and "I4VGen video 1 (i4vgen) interrupted during NI-VSDS" in res.comments
     assert json.loads(p.extra_generation_params["I4VGen"])["interrupted"] == "NI-VSDS"
+
+
+def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):
+    """sd-webui-controlnet's script (title "ControlNet", args = units) with one enabled unit: refused before sampling;
+    disabled units leave the job alone."""
+    from types import SimpleNamespace
+
+    from modules import scripts
+
+    class ControlNetScript(scripts.Script):
+        def title(self):
+            return "ControlNet"
+
+    runner = host.runners["txt2img"]
+    controlnet = ControlNetScript()
+    controlnet.args_from, controlnet.args_to = len(host.defaults["txt2img"]), len(host.defaults["txt2img"]) + 2
+    monkeypatch.setattr(runner, "alwayson_scripts", [*runner.alwayson_scripts, controlnet])
+    for units, refused in (([SimpleNamespace(enabled=False), {"enabled": False}], False),
+                           ([SimpleNamespace(enabled=False), {"enabled": True, "model": "control_v11p_sd15_canny"}], True)):
+        host.model.unet_log.clear()
+        p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
+        p.script_args = [*p.script_args, *units]
+        assert i4vgen_job.controlnet_units_enabled(p) is refused
+        if refused:
+            with pytest.raises(i4vgen_job.I4VGenError, match="ControlNet is not supported with I4VGen"):
+                run(p)
+            assert host.model.unet_log == []
+        else:
+            run(p)
+            assert "unet_calls" in json.loads(p.extra_generation_params["I4VGen"])
