@@ -202,7 +202,7 @@ def test_mode_evs_refines_animatediffs_own_video(host, stub, watch, monkeypatch)
     record = json.loads(info["extra_generation_params"]["I4VGen"])
     assert record["unet_calls"] == {"plain": 5, "evs_image": 3, "evs_video": 1, "evs_inversion": 0, "total": 9}
     assert record["mode"] == "evs" and "chosen_anchor" not in record and record["evs_strength"] == 0.4
-    assert "I4VGen video 1 (evs)" in info["comments"] and stub.loads == 0
+    assert 'evs' in record["mode"] and 'I4VGen: ' in info["infotexts"][0] and stub.loads == 0
     assert_restored(watch, response["p"])
 
 

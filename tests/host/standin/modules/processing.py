@@ -336,7 +336,7 @@ class Processed:
                "all_seeds": self.all_seeds, "width": self.width, "height": self.height,
                "sampler_name": self.sampler_name, "cfg_scale": self.cfg_scale, "steps": self.steps,
                "batch_size": self.batch_size, "extra_generation_params": self.extra_generation_params,
-               "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "comments": self.comments}
+               "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts}  # no "comments" (as the real js)
         return json.dumps(obj, default=lambda o: None)
 
 
