@@ -5,7 +5,7 @@ VENV := .venv
 HOST := .venv-host
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-standalone test-host venvs clean
+.PHONY: demo test test-standalone test-host test-webui venvs clean
 
 $(VENV)/.ok: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,12 @@ test-standalone: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone
 
 test-host: $(HOST)/.ok
-	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host
+	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host tests/webui_api
+
+# The live suite: a running AUTOMATIC1111 + AnimateDiff + I4VGen at I4VGEN_WEBUI_URL (README, Development).
+test-webui: $(VENV)/.ok
+	$(VENV)/bin/pip install -q -e ".[live]"
+	$(VENV)/bin/python -m pytest -v -rs tests/webui_api
 
 test: test-standalone test-host
 

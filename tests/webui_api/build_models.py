@@ -1,0 +1,150 @@
+"""Write random-weight, full-size SD1.5 model files into an AUTOMATIC1111 WebUI folder, in the formats the WebUI,
+sd-webui-animatediff and sd-webui-controlnet load, so that a live server can run our extension offline: a checkpoint
+in the original LDM key layout (models/Stable-diffusion/random-sd15.safetensors), an AnimateDiff v2 motion module
+(extensions/sd-webui-animatediff/model/mm_sd_v15_v2.safetensors, with v1, v3 and AnimateLCM-shaped ones beside it),
+a ControlNet in the original ``control_model.``
+layout (models/ControlNet/control_v11p_sd15_canny.safetensors) and a small kohya LoRA
+(models/Lora/random-lora.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
+config in the Hugging Face cache layout, which the WebUI reads when it builds the model (start it with HF_HOME set to
+that folder). The same seed writes the same files. Weights are stored in fp16 (the WebUI upcasts them under
+``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR [--hf-home DIR] [--seed N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Dict
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from i4vgen_ext.backbones.clip_tokenizer import write_clip_tokenizer  # noqa: E402
+from i4vgen_ext.backbones.configs import MM_V1, MM_V2, MM_V3, SD15_TEXT, SD15_UNET, SD15_VAE, UNET_PREFIX  # noqa: E402
+from i4vgen_ext.backbones.ldm_convert import (motion_adapter_to_original, text_encoder_to_ldm,  # noqa: E402
+                                              unet_to_ldm, vae_to_ldm)
+
+CLIP_REPO = "openai/clip-vit-large-patch14"
+CLIP_REVISION = "0" * 40  # any fixed snapshot name: the cache's refs/main points at it
+HINT_CHANNELS = (3, 16, 16, 32, 32, 96, 96, 256, 320)  # ControlNet input_hint_block convs 0, 2, ..., 14
+LORA_RANK = 4
+
+Tensors = Dict[str, torch.Tensor]
+# AnimateDiff tells the versions apart by their keys (motion_module.py, MotionModuleType.get_mm_type): a mid block
+# and positional encodings = v2; a mid block without them = AnimateLCM; no mid block, 24 positions = v1, 32 = v3.
+MOTION_MODULES = (
+    ("mm_sd_v15_v2.safetensors", MM_V2, True),
+    ("mm_sd_v15.safetensors", MM_V1, True),
+    ("v3_sd15_mm.safetensors", MM_V3, True),
+    ("animatelcm_sd15_random.safetensors", MM_V2, False),
+)
+
+
+def save(tensors: Tensors, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}, str(path))
+    print(f"wrote {path} ({len(tensors)} tensors, {path.stat().st_size / 2**20:.0f} MiB)")
+
+
+def seeded(seed: int, build):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return build()
+
+
+def text_encoder(seed: int) -> nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    model = seeded(seed, lambda: CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).eval())
+    norm = next(m for n, m in model.named_modules() if n.endswith("final_layer_norm"))
+    with torch.no_grad():  # a zero bias makes A1111's "Original" emphasis divide 0 by 0 (every prompt NaN)
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    return model
+
+
+def controlnet(unet_ldm: Tensors, config, seed: int) -> Tensors:
+    """The original ControlNet layout: a copy of the UNet encoder plus the hint block and zero convs (random here)."""
+    out = {"control_model." + k[len(UNET_PREFIX):]: v for k, v in unet_ldm.items()
+           if k[len(UNET_PREFIX):].split(".")[0] in ("time_embed", "input_blocks", "middle_block")}
+    levels = config["block_out_channels"]
+    widths = [levels[0]]  # one zero conv per input block: conv_in, then each level's resnets and its downsampler
+    for level, channels in enumerate(levels):
+        widths += [channels] * (config["layers_per_block"] + (level < len(levels) - 1))
+    torch.manual_seed(seed)
+    hint = zip(HINT_CHANNELS, HINT_CHANNELS[1:])
+    convs = {f"input_hint_block.{2 * i}": nn.Conv2d(a, b, 3) for i, (a, b) in enumerate(hint)}
+    convs.update({f"zero_convs.{i}.0": nn.Conv2d(c, c, 1) for i, c in enumerate(widths)})
+    convs["middle_block_out.0"] = nn.Conv2d(levels[-1], levels[-1], 1)
+    for name, conv in convs.items():
+        out.update({f"control_model.{name}.{p}": t for p, t in conv.state_dict().items()})
+    return out
+
+
+def lora(unet: nn.Module, text: nn.Module, seed: int) -> Tensors:
+    """kohya names (diffusers spelling): attention q/k/v/out of every UNet transformer block and text-encoder layer."""
+    layers = [("lora_unet_" + n, m) for n, m in unet.named_modules()
+              if re.search(r"transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)$", n)]
+    layers += [("lora_te_text_model_" + n.removeprefix("text_model."), m) for n, m in text.named_modules()
+               if re.search(r"layers\.\d+\.self_attn\.(q|k|v|out)_proj$", n)]
+    generator = torch.Generator().manual_seed(seed)
+    out: Tensors = {}
+    for name, module in layers:
+        name = name.replace(".", "_")
+        out[name + ".lora_down.weight"] = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.05
+        out[name + ".lora_up.weight"] = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.05
+        out[name + ".alpha"] = torch.tensor(float(LORA_RANK))
+    return out
+
+
+def write_clip_cache(hf_home: Path) -> None:
+    """What ``CLIPTokenizer/CLIPTextModel.from_pretrained(CLIP_REPO, local_files_only=True)`` read, offline."""
+    repo = hf_home / "hub" / ("models--" + CLIP_REPO.replace("/", "--"))
+    snapshot = write_clip_tokenizer(repo / "snapshots" / CLIP_REVISION, vocab_size=SD15_TEXT["vocab_size"])
+    config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **SD15_TEXT}
+    (snapshot / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(CLIP_REVISION, encoding="utf-8")
+    print(f"wrote {snapshot}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--webui", type=Path, required=True, help="WebUI root (holds models/ and extensions/)")
+    parser.add_argument("--hf-home", type=Path, help="also write the CLIP tokenizer/config cache here (HF_HOME)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+
+    models, seed = args.webui / "models", args.seed
+    torch.set_grad_enabled(False)
+    if args.hf_home:
+        write_clip_cache(args.hf_home)
+    unet = seeded(seed + 1, lambda: UNet2DConditionModel(**SD15_UNET))
+    text = text_encoder(seed + 2)
+    vae = seeded(seed + 3, lambda: AutoencoderKL(**SD15_VAE))
+    unet_ldm = unet_to_ldm(unet.state_dict(), unet.config)
+    checkpoint = {**unet_ldm, **vae_to_ldm(vae.state_dict(), vae.config), **text_encoder_to_ldm(text.state_dict())}
+    save(checkpoint, models / "Stable-diffusion" / "random-sd15.safetensors")
+    del checkpoint, vae
+    save(controlnet(unet_ldm, unet.config, seed + 4), models / "ControlNet" / "control_v11p_sd15_canny.safetensors")
+    save(lora(unet, text, seed + 5), models / "Lora" / "random-lora.safetensors")
+    del unet_ldm, unet, text
+    folder = args.webui / "extensions" / "sd-webui-animatediff" / "model"
+    for offset, (name, config, positions) in enumerate(MOTION_MODULES):
+        adapter = seeded(seed + 6 + offset, lambda: MotionAdapter(**config))
+        motion = motion_adapter_to_original(adapter.state_dict(), config["motion_max_seq_length"])
+        if not positions:  # AnimateLCM's files hold no positional encodings (AnimateDiff then guesses AnimateLCM)
+            motion = {k: v for k, v in motion.items() if not k.endswith(".pe")}
+            assert not any("pe" in k for k in motion), "AnimateDiff would not guess AnimateLCM"
+        save(motion, folder / name)
+        del adapter, motion
+
+
+if __name__ == "__main__":
+    main()

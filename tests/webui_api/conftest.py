@@ -1,0 +1,158 @@
+"""Fixtures for the live-WebUI suite: the server (env ``I4VGEN_WEBUI_URL``; every test here is skipped when it is not
+set), request builders with tiny settings, the session's reference plain AnimateDiff video, and the measured numbers
+(printed at the end of the run)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from .client import WebUI, gif_sizes
+
+URL_ENV = "I4VGEN_WEBUI_URL"
+HERE = Path(__file__).resolve().parent
+
+# Tiny jobs: each takes ~30-60 s on a 2-core CPU with full-size random SD1.5 + motion module weights.
+PROMPT = "head, a red ball, tail"  # = frame 0's prompt of the prompt-travel test (AnimateDiff joins head, line, tail)
+SEED = 1234
+STEPS = 4
+FRAMES = 8
+SIZE = 64
+CANDIDATES = 2
+MOTION_MODULE = "mm_sd_v15_v2.safetensors"  # what tests/webui_api/build_models.py writes
+
+MEASURED: Dict[str, Any] = {}  # numbers the tests measured, printed in the terminal summary
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(URL_ENV):
+        return
+    skip = pytest.mark.skip(reason=f"{URL_ENV} is not set: no live WebUI to test against")
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("I4VGen live WebUI: measured")
+        for key, value in MEASURED.items():
+            terminalreporter.write_line(f"{key}: {json.dumps(value, sort_keys=True)}")
+
+
+@pytest.fixture(scope="session")
+def measured() -> Dict[str, Any]:
+    return MEASURED
+
+
+@pytest.fixture(scope="session")
+def webui() -> WebUI:
+    url = os.environ.get(URL_ENV)
+    if not url:
+        pytest.skip(f"{URL_ENV} is not set: no live WebUI to test against")
+    client = WebUI(url)
+    try:
+        status, scripts = client.get("/sdapi/v1/scripts")
+    except OSError as error:
+        pytest.fail(f"{URL_ENV}={url} does not answer: {error}")
+    assert status == 200, f"GET /sdapi/v1/scripts: HTTP {status}: {scripts}"
+    for tab in ("txt2img", "img2img"):
+        names = {name.lower() for name in scripts[tab]}
+        missing = {"animatediff", "i4vgen"} - names
+        assert not missing, f"the WebUI's {tab} scripts lack {sorted(missing)}: {sorted(names)}"
+    return client
+
+
+def motion_module_folder(webui: WebUI) -> Optional[Path]:
+    """AnimateDiff's model folder when the server shares this machine's disk (None otherwise)."""
+    _, options = webui.get("/sdapi/v1/options")
+    _, flags = webui.get("/sdapi/v1/cmd-flags")
+    candidates = [options.get("animatediff_model_path") or ""]
+    if isinstance(flags, dict) and flags.get("data_dir"):
+        candidates.append(os.path.join(flags["data_dir"], "extensions", "sd-webui-animatediff", "model"))
+    for folder in candidates:
+        if folder and os.path.isdir(folder):
+            return Path(folder)
+    return None
+
+
+def motion_module_files(webui: WebUI) -> List[str]:
+    folder = motion_module_folder(webui)
+    if folder is None:
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".ckpt", ".safetensors", ".pth", ".pt"))
+
+
+@pytest.fixture(scope="session")
+def motion_module() -> str:
+    return os.environ.get("I4VGEN_WEBUI_MOTION_MODULE", MOTION_MODULE)
+
+
+class Payloads:
+    """Request bodies with the suite's tiny settings. ``animatediff`` / ``i4vgen``: False (not in the request), True
+    (enabled with the defaults below) or a dict of overrides; ``alwayson`` adds or replaces script entries."""
+
+    def __init__(self, motion_module: str):
+        self.motion_module = motion_module
+
+    def animatediff_args(self, **overrides: Any) -> Dict[str, Any]:
+        # AnimateDiff's batch_size is its context size: equal to video_length, or it renders 16 frames.
+        args = dict(model=self.motion_module, enable=True, video_length=FRAMES, batch_size=FRAMES, fps=8,
+                    loop_number=0, closed_loop="N", format=["GIF"])
+        args.update(overrides)
+        return args
+
+    def i4vgen_args(self, **overrides: Any) -> Dict[str, Any]:
+        args = dict(enable=True, candidates=CANDIDATES, ranker="none")
+        args.update(overrides)
+        return args
+
+    def _scripts(self, animatediff: Any, i4vgen: Any, alwayson: Optional[dict]) -> Dict[str, Any]:
+        scripts: Dict[str, Any] = {}
+        if animatediff is not False:
+            scripts["AnimateDiff"] = {"args": [self.animatediff_args(**(animatediff if isinstance(animatediff, dict) else {}))]}
+        if i4vgen is not False:
+            scripts["I4VGen"] = {"args": [self.i4vgen_args(**(i4vgen if isinstance(i4vgen, dict) else {}))]}
+        scripts.update(alwayson or {})
+        return scripts
+
+    def txt2img(self, *, animatediff: Any = True, i4vgen: Any = False, alwayson: Optional[dict] = None,
+                **fields: Any) -> Dict[str, Any]:
+        payload = dict(prompt=PROMPT, negative_prompt="", seed=SEED, steps=STEPS, width=SIZE, height=SIZE,
+                       cfg_scale=7, sampler_name="Euler a", n_iter=1, batch_size=1, save_images=False)
+        payload.update(fields)
+        payload["alwayson_scripts"] = self._scripts(animatediff, i4vgen, alwayson)
+        return payload
+
+    def img2img(self, init_image_b64: str, **kwargs: Any) -> Dict[str, Any]:
+        payload = self.txt2img(**kwargs)
+        payload.setdefault("denoising_strength", 0.75)
+        payload["init_images"] = [init_image_b64]
+        return payload
+
+
+@pytest.fixture(scope="session")
+def payload(motion_module: str) -> Payloads:
+    return Payloads(motion_module)
+
+
+def assert_video(job, *, frames: int = FRAMES, size: int = SIZE) -> bytes:
+    """The job succeeded and its first image is a GIF of ``frames`` frames of size x size; returns the GIF."""
+    assert job.status == 200, job
+    assert job.gifs, f"no GIF in the answer: {job}"
+    assert job.images[0] == job.gifs[0], "AnimateDiff's GIF is not the first image"
+    count, sizes = gif_sizes(job.gifs[0])
+    assert (count, sizes) == (frames, {(size, size)}), f"GIF has {count} frames of sizes {sizes}"
+    return job.gifs[0]
+
+
+@pytest.fixture(scope="session")
+def plain_reference(webui: WebUI, payload: Payloads):
+    """A plain AnimateDiff job, the first job of the session (job fixtures that run I4VGen request this one first):
+    every later identical plain job must return these GIF bytes exactly."""
+    job = webui.job("/sdapi/v1/txt2img", payload.txt2img())
+    assert_video(job)
+    return job
