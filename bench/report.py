@@ -114,12 +114,45 @@ def render_section(result: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(results: Iterable[Dict[str, Any]]) -> str:
-    return HEADER + "\n" + "\n".join(render_section(r) for r in results)
+WEBUI_METHODS = (("plain", "AnimateDiff"), ("i4vgen", "I4VGen, 'official' preset"), ("freeinit", "FreeInit, 2 rounds"))
+
+
+def render_webui_section(table: Dict[str, Any]) -> str:
+    """A live-WebUI cost table, as ``tests/webui_api/test_txt2img_live.py::test_cost_model`` measures it."""
+    s, price, calls = table["settings"], table["call_price_s"], table["unet_calls"]
+    lines = [
+        f"## Inside the WebUI: {table['host']}", "",
+        f"Command: `{table['command']}`  ",
+        f"Run at {table['date']}.", "",
+        f"- Machine: {table['machine']}",
+        f"- Settings: {s['size']} px, F = {s['frames']} frames, N = {s['candidates']} candidates, S = {s['steps']} "
+        f"steps, K = {s['nivsds_iterations']}, n_re = {s['regeneration_steps']}, sampler {s['sampler']}, ranker none",
+        f"- Call prices from the host's own clock ({table['method']}): one video call {price['video']:.3f} s, one "
+        f"image-mode call over the {s['candidates']} candidates {price['image_over_candidates']:.3f} s, so "
+        f"**r = {price['r']:.3f}**; a plain job's fixed costs {price['fixed_per_plain_job']:.2f} s.", "",
+        "| method | s per job | x plain | call floor | x plain / call floor | UNet calls |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for key, label in WEBUI_METHODS:
+        count = calls[key]
+        lines.append(f"| {label} | {table['seconds_per_job'][key]:.2f} | {table['ratio'][key]:.3f} | "
+                     f"{table['floor'][key]:.3f} | {table['ratio_over_floor'][key]:.3f} | "
+                     f"{_calls(count) if isinstance(count, dict) else count} |")
+    lines += ["", f"Target: I4VGen within 5% of its call floor: **{'pass' if table['ratio_over_floor']['i4vgen'] <= 1.05 else 'miss'}** "
+              f"({table['ratio_over_floor']['i4vgen']:.3f}).", ""]
+    return "\n".join(lines)
+
+
+def load_webui_results(results_dir: Path) -> List[Dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results_dir) / "webui").glob("*.json"))]
+
+
+def render_markdown(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = ()) -> str:
+    return HEADER + "\n" + "\n".join([render_section(r) for r in results] + [render_webui_section(t) for t in webui])
 
 
 def write_markdown(results_dir: Path, path: Path) -> Path:
-    path.write_text(render_markdown(load_results(results_dir)), encoding="utf-8")
+    path.write_text(render_markdown(load_results(results_dir), load_webui_results(results_dir)), encoding="utf-8")
     return path
 
 

@@ -173,8 +173,10 @@ class HostDenoiser:
             self.on_stage(stage)
         sampler = self._direct_sampler(stage, counted=video)
         if video:
+            # The noised video this call denoises is what an interrupt returns, as the host's samplers return theirs.
+            self.last_video = to_host_video(x).float()
             with self._attention.during_call(t):
-                eps = self._direct_eps(sampler, to_host_video(x).float(), t, self.p.c, self.p.uc)
+                eps = self._direct_eps(sampler, self.last_video, t, self.p.c, self.p.uc)
         else:
             eps = self._image_eps(sampler, x.float(), t)
             self.unet_calls += 1  # one CFG evaluation of all frames, however many chunks it took

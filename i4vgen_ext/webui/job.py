@@ -414,6 +414,7 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
     frames = int(p.batch_size)
     denoiser: Optional[HostDenoiser] = None
     settings: Optional[I4VGenSettings] = None
+    noises: Optional[RunNoises] = None
     try:
         settings = resolve_settings(p, request, plan.default_preset, p.seeds[0])
         ranked = request.runs_i4vgen and request.anchor_image is None
@@ -461,10 +462,7 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
         value = stopped_value(settings, request, action, progress.current) if settings is not None else ""
         plan.outcomes.append(BatchOutcome(int(p.iteration), value, None, None, None, None, {}, {}, interrupted=True,
                                           stopped=f"{action} during {progress.current}"))
-        partial = denoiser.last_video if denoiser is not None else None
-        if partial is None or partial.shape[0] != frames:
-            partial = torch.zeros((frames, *latent_shape(p)), device=shim.devices().device)
-        return partial
+        return unfinished_video(denoiser, noises, frames, p)
     finally:
         if denoiser is not None:
             denoiser.motion.close()
@@ -479,6 +477,21 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
             ranker_cache.release()
         progress.end()
         plan.progress_log.extend(progress.log)
+
+
+def unfinished_video(denoiser: Optional[HostDenoiser], noises: Optional[RunNoises], frames: int, p: Any) -> torch.Tensor:
+    """What an interrupted video returns, like a plain job's sampler: the latent being denoised when it stopped
+    (NI-VSDS's noised video, the regeneration sampler's latent), or, before any video exists, the noise the video
+    starts from: distinct frames, never a still that the GIF writer folds into one frame."""
+    partial = denoiser.last_video if denoiser is not None else None
+    if partial is not None and partial.shape[0] == frames:
+        return partial
+    start = None
+    if noises is not None:
+        start = noises.i4vgen.nivsds if noises.i4vgen is not None else noises.plain
+    if start is not None and start.shape[2] == frames:
+        return to_host_video(start).to(shim.devices().device)
+    return torch.zeros((frames, *latent_shape(p)), device=shim.devices().device)
 
 
 def partial_keeper(denoiser: HostDenoiser, progress: StageProgress) -> Callable[[Any], None]:

@@ -285,7 +285,13 @@ def test_host_restored_after_interrupt_skip_and_error(host, stub, watch, monkeyp
         assert not stage_calls(host.model, next_stage), f"{next_stage} ran after the {action} in {stage}"
 
 
-def test_an_interrupt_in_nivsds_returns_its_unfinished_video_and_says_so(host, stub, monkeypatch):
+@pytest.mark.parametrize("stage, label, calls_before", [("I4VGen: anchor images", "anchor images", 1),
+                                                       ("I4VGen: NI-VSDS", "NI-VSDS", 1),
+                                                       ("I4VGen: NI-VSDS", "NI-VSDS", 2)])
+def test_an_interrupt_returns_a_moving_unfinished_video_and_says_so(host, stub, monkeypatch, stage, label, calls_before):
+    """As a plain job's sampler returns the latent it was denoising, an interrupted I4VGen video is NI-VSDS's noised
+    video or, before any video exists, the noise it starts from: every frame its own (a still video would reach
+    the user as a one-frame GIF, which the live WebUI showed)."""
     from modules import shared
 
     returned = []
@@ -296,9 +302,9 @@ def test_an_interrupt_in_nivsds_returns_its_unfinished_video_and_says_so(host, s
     calls = []
 
     def apply_model(x, t, cond):
-        if (shared.state.textinfo or "").startswith("I4VGen: NI-VSDS"):
+        if (shared.state.textinfo or "").startswith(stage):
             calls.append(t)
-            if len(calls) == 2:
+            if len(calls) == calls_before:
                 shared.state.interrupt()
         return apply(x, t, cond)
 
@@ -306,9 +312,11 @@ def test_an_interrupt_in_nivsds_returns_its_unfinished_video_and_says_so(host, s
     p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
     res = run(p)
     video = returned[0]
-    assert video.shape == (8, 4, 8, 8) and video.abs().sum() > 0  # NI-VSDS's video, not grey frames
-    assert res.images and "I4VGen video 1 (i4vgen) interrupted during NI-VSDS" in res.comments
-    assert json.loads(p.extra_generation_params["I4VGen"])["interrupted"] == "NI-VSDS"
+    assert video.shape == (8, 4, 8, 8) and video.abs().sum() > 0  # not grey frames
+    flat = video.flatten(1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(8) for j in range(i + 1, 8)), "a still video"
+    assert res.images and f"I4VGen video 1 (i4vgen) interrupted during {label}" in res.comments
+    assert json.loads(p.extra_generation_params["I4VGen"])["interrupted"] == label
 
 
 def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):

@@ -188,3 +188,28 @@ def test_the_recorded_command_reproduces_the_figures_wherever_they_were_written(
     argv = ["--model", "sd15-random", "--steps", "4", "--results-dir", "/tmp/r", "--markdown=/tmp/R.md",
             "--json", "x.json", "--update-committed", "--threads", "1"]
     assert measurement_command(argv) == "python bench/compare.py --model sd15-random --steps 4 --threads 1"
+
+
+def test_live_webui_cost_tables_are_rendered_after_the_diffusers_sections(tmp_path):
+    """bench/report.py adds one section per results/webui/*.json (what the live suite's cost test writes)."""
+    sys.path.insert(0, str(REPO))
+    from bench.report import write_markdown
+
+    table = {"host": "AUTOMATIC1111 1.10.1 with i4vgen, sd-webui-animatediff", "machine": "2 cores",
+             "command": "make test-webui", "date": "2026-12-02 14:00 UTC", "method": "S and 2S steps",
+             "settings": {"steps": 4, "frames": 8, "candidates": 2, "size": "64x64", "sampler": "Euler a",
+                          "nivsds_iterations": 3, "regeneration_steps": 4},
+             "seconds_per_job": {"plain": 25.0, "i4vgen": 55.0, "freeinit": 45.0},
+             "unet_calls": {"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11},
+                            "freeinit": 8},
+             "call_price_s": {"video": 5.0, "image_over_candidates": 2.5, "r": 0.5, "fixed_per_plain_job": 5.0},
+             "ratio": {"plain": 1.0, "i4vgen": 2.2, "freeinit": 1.8},
+             "floor": {"plain": 1.0, "i4vgen": 2.0, "freeinit": 1.8},
+             "ratio_over_floor": {"plain": 1.0, "i4vgen": 1.1, "freeinit": 1.0}}
+    (tmp_path / "results" / "webui").mkdir(parents=True)
+    (tmp_path / "results" / "webui" / "a1111-cpu.json").write_text(json.dumps(table), encoding="utf-8")
+    text = write_markdown(tmp_path / "results", tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## Inside the WebUI: AUTOMATIC1111 1.10.1" in text
+    assert "| I4VGen, 'official' preset | 55.00 | 2.200 | 2.000 | 1.100 | 11 (anchor 4, nivsds 3, regeneration 4) |" in text
+    assert "**r = 0.500**" in text
+    assert "within 5% of its call floor: **miss** (1.100)" in text
