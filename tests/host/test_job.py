@@ -327,8 +327,18 @@ def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):
     from modules import scripts
 
     class ControlNetScript(scripts.Script):
+        """Like sd-webui-controlnet: hooks the UNet in ``process``, undoes it only in ``postprocess``."""
+        hooked = False
+
         def title(self):
             return "ControlNet"
+
+        def process(self, p, *units):
+            self.hooked = any(u.get("enabled") if isinstance(u, dict) else u.enabled for u in units)
+
+        def postprocess(self, p, processed, *units):
+            processed.images.extend([])  # ControlNet appends its detected maps here
+            self.hooked = False
 
     runner = host.runners["txt2img"]
     controlnet = ControlNetScript()
@@ -344,6 +354,8 @@ def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):
             with pytest.raises(i4vgen_job.I4VGenError, match="ControlNet is not supported with I4VGen"):
                 run(p)
             assert host.model.unet_log == []
+            assert not controlnet.hooked, "the refusal left ControlNet's hook in place (its postprocess never ran)"
+            assert units[1]["enabled"] is True, "the caller's unit was changed (the refused job uses copies)"
         else:
             run(p)
             assert "unet_calls" in json.loads(p.extra_generation_params["I4VGen"])

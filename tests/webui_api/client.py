@@ -153,3 +153,49 @@ def parse_record(value: Any) -> Dict[str, Any]:
 def i4vgen_record(infotext: str) -> Optional[Dict[str, Any]]:
     value = infotext_params(infotext).get("I4VGen")
     return None if value is None else parse_record(value)
+
+
+class StepClock:
+    """Times the host's sampling steps while a job runs: a thread polls ``/sdapi/v1/progress`` (A1111's
+    ``state.sampling_step``) and notes when the step counter moves. ``seconds_per_step`` is the median time between
+    two moves, so fixed costs (text encoding, VAE decode, saving) stay out of it."""
+
+    def __init__(self, url: str, interval: float = 0.1):
+        import threading
+
+        self._client, self._interval = WebUI(url, timeout=30), interval
+        self._stop, self.moves = threading.Event(), []  # (time, job number, step)
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        last = None
+        while not self._stop.is_set():
+            status, progress = self._client.get("/sdapi/v1/progress?skip_current_image=true")
+            state = (progress or {}).get("state") or {} if status == 200 else {}
+            key = (state.get("job_no"), state.get("sampling_step"))
+            if None not in key and key != last:
+                self.moves.append((time.perf_counter(), *key))
+                last = key
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "StepClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def gaps(self) -> list:
+        """Seconds between each two consecutive sampling steps of one job."""
+        return [b[0] - a[0] for a, b in zip(self.moves, self.moves[1:]) if b[1] == a[1] and b[2] == a[2] + 1]
+
+    @staticmethod
+    def median(gaps: list) -> float:
+        assert gaps, "no two consecutive sampling steps were seen"
+        ordered = sorted(gaps)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    def seconds_per_step(self) -> float:
+        return self.median(self.gaps())

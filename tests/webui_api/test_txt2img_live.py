@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
-from .client import PNG_MAGIC, WebUI, encode_png, gif_frames, gif_sizes, i4vgen_record, infotext_params, parse_record, \
+from .client import PNG_MAGIC, StepClock, WebUI, encode_png, gif_frames, gif_sizes, i4vgen_record, infotext_params, parse_record, \
     png_image, same_pixels
 from .conftest import CANDIDATES, FRAMES, PROMPT, SIZE, STEPS, assert_video, motion_module_files, \
     motion_module_folder
@@ -374,8 +374,7 @@ def test_plain_job_unchanged_after_controlnet(webui, payload, plain_reference):
 def host_description(webui: WebUI) -> str:
     _, info = webui.get("/internal/sysinfo")
     info = info if isinstance(info, dict) else {}
-    _, extensions = webui.get("/sdapi/v1/extensions")
-    names = sorted(e["name"] for e in extensions or [] if e.get("enabled", True)) if isinstance(extensions, list) else []
+    names = sorted(e.get("name", "?") for e in info.get("Extensions") or [])  # the enabled extensions
     return f"AUTOMATIC1111 {info.get('Version', '?')} with {', '.join(names) or '?'}"
 
 
@@ -391,30 +390,33 @@ def machine_description(webui: WebUI) -> str:
 
 def test_cost_model(webui, payload, measured, i4vgen_job):
     """In one server session, back to back on the warm server: plain AnimateDiff, I4VGen and AnimateDiff's FreeInit
-    (2 rounds) at S steps, and the per-call prices from the host's own clock differences: a plain job and a plain
-    image job of N pictures (no AnimateDiff: the candidates' image mode) each at S and 2 S steps, so that
-    c_video = (t(2S) - t(S)) / S and c_image likewise, without the fixed costs (text encoding, VAE decode, GIF,
-    HTTP). I4VGen's floor is its UNet calls at those prices plus a plain job's fixed costs:
-    (S c_image + (K + n_re) c_video + fixed) / t_plain. The I4VGen job also decodes its N candidates, which the
-    floor leaves out."""
-    bodies = {
+    (2 rounds) at S steps, and a plain image job of N pictures (no AnimateDiff: the candidates' image mode). The
+    price of one call is the host's own step time (``StepClock``: the median gap between sampling steps, without
+    the fixed costs); a plain job's fixed costs are its time less S video calls. I4VGen's floor is its UNet calls at
+    those prices plus a plain job's fixed costs, (S c_image + (K + n_re) c_video + fixed) / t_plain; FreeInit's is
+    2 S video calls plus the same fixed costs. The I4VGen job also decodes its N candidates, which the floor leaves
+    out."""
+    bodies = {  # plain twice, first and last, so that its price and time are two samples
         "plain": payload.txt2img(),
         "i4vgen": payload.txt2img(i4vgen=True),
         "freeinit": payload.txt2img(animatediff={"freeinit_enable": True, "freeinit_iters": 2}),
         "image": payload.txt2img(animatediff=False, batch_size=CANDIDATES),
-        "plain_2S": payload.txt2img(steps=2 * STEPS),
-        "image_2S": payload.txt2img(animatediff=False, batch_size=CANDIDATES, steps=2 * STEPS),
+        "plain_again": payload.txt2img(),
     }
-    jobs = {name: webui.job(TXT2IMG, body) for name, body in bodies.items()}
-    for name, job in jobs.items():
-        assert job.status == 200, (name, job)
+    jobs, clocks = {}, {}
+    for name, body in bodies.items():
+        with StepClock(webui.url) as clocks[name]:
+            jobs[name] = webui.job(TXT2IMG, body)
+        assert jobs[name].status == 200, (name, jobs[name])
     assert len(jobs["image"].pngs) == CANDIDATES
+    assert jobs["plain_again"].gifs == jobs["plain"].gifs
     i4vgen_calls = jobs["i4vgen"].record["unet_calls"]
     assert i4vgen_calls == I4VGEN_CALLS, "the record's UNet calls differ from the cost model"
-    t = {name: job.seconds for name, job in jobs.items()}
-    c_video = (t["plain_2S"] - t["plain"]) / STEPS
-    c_image = (t["image_2S"] - t["image"]) / STEPS
-    assert c_video > 0 and c_image > 0, f"the clock does not resolve a UNet call: {t}"
+    step_seconds = {name: clock.seconds_per_step() for name, clock in clocks.items() if name != "plain_again"}
+    step_seconds["plain"] = StepClock.median(clocks["plain"].gaps() + clocks["plain_again"].gaps())
+    t = {name: job.seconds for name, job in jobs.items() if name != "plain_again"}
+    t["plain"] = (jobs["plain"].seconds + jobs["plain_again"].seconds) / 2
+    c_video, c_image = step_seconds["plain"], step_seconds["image"]
     fixed = t["plain"] - STEPS * c_video
     floor_seconds = {"plain": t["plain"], "i4vgen": STEPS * c_image + (K + N_RE) * c_video + fixed,
                      "freeinit": 2 * STEPS * c_video + fixed}
@@ -429,14 +431,16 @@ def test_cost_model(webui, payload, measured, i4vgen_job):
         "settings": {"steps": STEPS, "frames": FRAMES, "candidates": CANDIDATES, "size": f"{SIZE}x{SIZE}",
                      "sampler": "Euler a", "nivsds_iterations": K, "regeneration_steps": N_RE},
         "seconds_per_job": {name: round(value, 2) for name, value in t.items()},
+        "seconds_per_step": {name: round(value, 3) for name, value in step_seconds.items()},
         "unet_calls": {"plain": STEPS, "i4vgen": dict(i4vgen_calls), "freeinit": 2 * STEPS},
         "call_price_s": {"video": round(c_video, 3), "image_over_candidates": round(c_image, 3),
                          "r": round(c_image / c_video, 3), "fixed_per_plain_job": round(fixed, 2)},
         "ratio": {name: round(value, 3) for name, value in ratios.items()},
         "floor": {name: round(value, 3) for name, value in floors.items()},
         "ratio_over_floor": {name: round(ratios[name] / floors[name], 3) for name in ratios},
-        "method": "client wall time per HTTP job on a warm server, one run each; call prices from the difference "
-                  "between S and 2S steps of the same job; FreeInit = 2 rounds of S video calls",
+        "method": "client wall time per HTTP job on a warm server, one run each (plain: the mean of a run before and "
+                  "after the others); call prices = the host's median time between sampling steps "
+                  "(/sdapi/v1/progress polled every 0.1 s); FreeInit = 2 rounds of S video calls",
     }
     measured["cost"] = table
     path = os.environ.get("I4VGEN_WEBUI_COST_JSON")
