@@ -86,7 +86,9 @@ def refusal(p: Any, ad: Optional[AnimateDiffJob]) -> Optional[str]:
     if ad is None:
         return None  # handled by the caller: the job runs untouched
     if not ad.injected:
-        return "AnimateDiff is enabled but its motion module is not injected; see the console for AnimateDiff's error."
+        return ("I4VGen: AnimateDiff is enabled but its motion module is not injected; see the console for "
+                "AnimateDiff's error (an SDXL or HotShot-XL module on an SD1.5 checkpoint is one cause: I4VGen needs "
+                "an SD1.5 checkpoint and an SD1.5 motion module).")
     model = p.sd_model
     if any(getattr(model, flag, False) for flag in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd")) or \
             getattr(model, "parameterization", "eps") != "eps":

@@ -215,6 +215,7 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
     ("freeinit", "FreeInit"),
     ("lcm_sampler", "LCM sampler"),
     ("sdxl_module", "SD1.5-family checkpoint"),
+    ("xl_module_on_sd15", "motion module is not injected"),
     ("bad_arg", "candidates"),
     ("anchor_out_of_range", "anchor_index"),
 ])
@@ -240,6 +241,8 @@ def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
         kwargs["ad"] = ad_args(batch_size=8, freeinit_enable=True)
     if case == "sdxl_module":
         monkeypatch.setattr(type(host.model), "is_sdxl", True)
+        kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
+    if case == "xl_module_on_sd15":  # AnimateDiff's own injection fails (its assert), so the module is not in
         kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
     if case == "bad_arg":
         kwargs.update(i4vgen=[{"enable": True, "candidates": 0}], api=True, ad=ad_args(batch_size=8))

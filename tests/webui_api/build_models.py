@@ -3,8 +3,8 @@ sd-webui-animatediff and sd-webui-controlnet load, so that a live server can run
 in the original LDM key layout (models/Stable-diffusion/random-sd15.safetensors), an AnimateDiff v2 motion module
 (extensions/sd-webui-animatediff/model/mm_sd_v15_v2.safetensors, with v1, v3 and AnimateLCM-shaped ones beside it),
 a ControlNet in the original ``control_model.``
-layout (models/ControlNet/control_v11p_sd15_canny.safetensors) and a small kohya LoRA
-(models/Lora/random-lora.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
+layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small kohya LoRA
+(models/Lora/random-lora.safetensors) and a motion LoRA for the v2 module (models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
 config in the Hugging Face cache layout, which the WebUI reads when it builds the model (start it with HF_HOME set to
 that folder). The same seed writes the same files. Weights are stored in fp16 (the WebUI upcasts them under
 ``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR [--hf-home DIR] [--seed N]``.
@@ -41,7 +41,10 @@ MOTION_MODULES = (
     ("mm_sd_v15.safetensors", MM_V1, True),
     ("v3_sd15_mm.safetensors", MM_V3, True),
     ("animatelcm_sd15_random.safetensors", MM_V2, False),
+    # three levels, 24 positions: AnimateDiff guesses HotShot-XL, an SDXL module that I4VGen and AnimateDiff refuse
+    ("hotshotxl_random.safetensors", {**MM_V1, "block_out_channels": (320, 640, 1280)}, True),
 )
+MOTION_LORA_FOR = "mm_sd_v15_v2.safetensors"  # motion LoRAs apply to v2 modules only (AnimateDiff's docs)
 
 
 def save(tensors: Tensors, path: Path) -> None:
@@ -102,6 +105,23 @@ def lora(unet: nn.Module, text: nn.Module, seed: int) -> Tensors:
     return out
 
 
+def motion_lora(motion: Tensors, seed: int) -> Tensors:
+    """A motion LoRA in the form sd-webui-animatediff's docs load "like any other LoRA": A1111 names each layer of
+    the injected motion module by its key with dots as underscores (AnimateDiffMM._set_layer_mapping); here the
+    temporal attention's q/k/v/out projections."""
+    generator = torch.Generator().manual_seed(seed)
+    out: Tensors = {}
+    for key, weight in motion.items():
+        if not re.search(r"attention_blocks\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key):
+            continue
+        name = key[:-len(".weight")].replace(".", "_")
+        out_features, in_features = weight.shape
+        out[name + ".lora_down.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) * 0.1
+        out[name + ".lora_up.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * 0.1
+        out[name + ".alpha"] = torch.tensor(float(LORA_RANK))
+    return out
+
+
 def write_clip_cache(hf_home: Path) -> None:
     """What ``CLIPTokenizer/CLIPTextModel.from_pretrained(CLIP_REPO, local_files_only=True)`` read, offline."""
     repo = hf_home / "hub" / ("models--" + CLIP_REPO.replace("/", "--"))
@@ -143,6 +163,8 @@ def main(argv=None) -> None:
             motion = {k: v for k, v in motion.items() if not k.endswith(".pe")}
             assert not any("pe" in k for k in motion), "AnimateDiff would not guess AnimateLCM"
         save(motion, folder / name)
+        if name == MOTION_LORA_FOR:
+            save(motion_lora(motion, seed + 20), models / "Lora" / "mm_sd15_v2_lora_random.safetensors")
         del adapter, motion
 
 

@@ -22,6 +22,7 @@ K = int(STEPS * 0.6) + 1  # NI-VSDS iterations, official preset (nivsds_fraction
 N_RE = STEPS  # regeneration steps (regen_strength 1)
 # The candidates fit in one image-mode sampling run (AnimateDiff's context size 8 >= 2), so S anchor calls.
 I4VGEN_CALLS = {"anchor": STEPS, "nivsds": K, "regeneration": N_RE, "total": STEPS + K + N_RE}
+MOTION_LORA = "mm_sd15_v2_lora_random"  # build_models.py: a LoRA on the v2 module's temporal attention
 I4VGEN_STAGES = ("anchor images", "ranking candidates", "NI-VSDS", "regeneration")
 
 
@@ -136,6 +137,30 @@ def test_motion_module_versions(webui, payload, i4vgen_job, kind, extra_prompt):
     assert job.record["unet_calls"] == I4VGEN_CALLS, job.record
     assert job.info["extra_generation_params"]["AnimateDiff"].startswith(f"model: {name}"), job.info
     assert pixels(job) != pixels(i4vgen_job), f"{name} made the v2 module's video"
+
+
+def test_motion_lora_changes_the_video_and_not_the_candidates(webui, payload, i4vgen_job):
+    webui.post("/sdapi/v1/refresh-loras", {})
+    status, loras = webui.get("/sdapi/v1/loras")
+    if status != 200 or not any(item.get("name") == MOTION_LORA for item in loras):
+        pytest.skip(f"models/Lora/{MOTION_LORA}.safetensors is not installed (tests/webui_api/build_models.py)")
+    job = webui.job(TXT2IMG, payload.txt2img(prompt=f"{PROMPT} <lora:{MOTION_LORA}:1>", i4vgen={"return_candidates": True},
+                                             animatediff={"format": ["GIF", "Frame"]}))
+    assert_video(job)
+    assert job.record["unet_calls"] == I4VGEN_CALLS, job.record
+    assert pixels(job) != pixels(i4vgen_job), "the motion LoRA did not reach the video"
+    ours, theirs = candidates_of(job), candidates_of(i4vgen_job)
+    assert len(ours) == len(theirs) == CANDIDATES
+    for (_, a), (_, b) in zip(ours, theirs):  # the motion module is out while the candidates are made
+        assert same_pixels(a, b), "a motion LoRA changed a candidate image"
+
+
+def test_sdxl_motion_module_is_refused_by_name(webui, payload, plain_reference):
+    name = installed_motion_module(webui, "hotshot")
+    job = webui.job(TXT2IMG, payload.txt2img(i4vgen=True, animatediff={"model": name}))
+    assert job.status >= 400, job
+    message = error_message(job)
+    assert "I4VGen" in message and "SD1.5 motion module" in message, job
 
 
 def test_lcm_sampler_is_refused_by_name(webui, payload, plain_reference):
