@@ -236,10 +236,15 @@ def test_freeinit_with_i4vgen_is_refused_by_name(webui, payload, plain_reference
     assert "FreeInit" in message and "I4VGen" in message, job
 
 
-# Interrupt ------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def interrupted(webui, payload, plain_reference):
-    """An I4VGen job interrupted from another thread once the WebUI's progress text shows NI-VSDS."""
+# Interrupt and skip ---------------------------------------------------------------------------------------------------
+STOPS = {"interrupt": "interrupted", "skip": "skipped"}  # the API's verb -> the I4VGen record's key
+
+
+@pytest.fixture(scope="module", params=list(STOPS))
+def stopped(request, webui, payload, plain_reference):
+    """An I4VGen job interrupted or skipped (``/sdapi/v1/interrupt`` / ``skip``) from another thread once the
+    WebUI's progress text shows NI-VSDS."""
+    action = request.param
     watcher, seen, done = WebUI(webui.url, timeout=30), {}, threading.Event()
 
     def watch():
@@ -249,7 +254,8 @@ def interrupted(webui, payload, plain_reference):
             text = (progress or {}).get("textinfo") or "" if status == 200 else ""
             if text.startswith("I4VGen: NI-VSDS"):
                 seen["textinfo"] = text
-                watcher.interrupt()
+                answer = watcher.post(f"/sdapi/v1/{action}", {})
+                assert answer[0] == 200, answer
                 return
             done.wait(0.2)  # polling interval: the only wait in this suite
 
@@ -260,22 +266,23 @@ def interrupted(webui, payload, plain_reference):
     finally:
         done.set()
         thread.join(60)
-    return job, seen
+    return action, job, seen
 
 
-def test_interrupt_returns_a_full_video_naming_the_stage(interrupted, measured):
-    job, seen = interrupted
+def test_interrupt_or_skip_returns_a_full_video_naming_the_stage(stopped, measured):
+    action, job, seen = stopped
     assert seen, f"the progress text never showed I4VGen's NI-VSDS stage; the job: {job}"
-    assert_video(job)
+    assert_video(job)  # all frames: a still video would come back as a one-frame GIF
     record = job.record
     assert record is not None, job
-    measured["interrupt"] = {"progress_text_at_interrupt": seen["textinfo"], "record_interrupted": record.get("interrupted")}
-    assert record.get("interrupted") in ("NI-VSDS", "regeneration"), record
+    measured[action] = {"progress_text_at_stop": seen["textinfo"], "record": record.get(STOPS[action])}
+    assert record.get(STOPS[action]) in ("NI-VSDS", "regeneration"), record
+    assert "unet_calls" not in record, "a stopped video must not look like a finished one"
 
 
-def test_plain_job_unchanged_after_interrupt(webui, payload, plain_reference, interrupted):
+def test_plain_job_unchanged_after_interrupt_or_skip(webui, payload, plain_reference, stopped):
     job = webui.job(TXT2IMG, payload.txt2img())
-    assert job.gifs == plain_reference.gifs, "a plain AnimateDiff job changed after an interrupted I4VGen job"
+    assert job.gifs == plain_reference.gifs, f"a plain AnimateDiff job changed after a {stopped[0]} of I4VGen"
 
 
 # AnimateDiff features -------------------------------------------------------------------------------------------------
