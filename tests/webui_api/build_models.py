@@ -89,37 +89,34 @@ def controlnet(unet_ldm: Tensors, config, seed: int) -> Tensors:
     return out
 
 
+def random_lora(layers, seed: int, scale: float) -> Tensors:
+    """kohya LoRA tensors (rank ``LORA_RANK``) for ``layers``: (A1111 network name, in features, out features)."""
+    generator = torch.Generator().manual_seed(seed)
+    out: Tensors = {}
+    for name, in_features, out_features in layers:
+        out[name + ".lora_down.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) * scale
+        out[name + ".lora_up.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * scale
+        out[name + ".alpha"] = torch.tensor(float(LORA_RANK))
+    return out
+
+
 def lora(unet: nn.Module, text: nn.Module, seed: int) -> Tensors:
     """kohya names (diffusers spelling): attention q/k/v/out of every UNet transformer block and text-encoder layer."""
     layers = [("lora_unet_" + n, m) for n, m in unet.named_modules()
               if re.search(r"transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)$", n)]
     layers += [("lora_te_text_model_" + n.removeprefix("text_model."), m) for n, m in text.named_modules()
                if re.search(r"layers\.\d+\.self_attn\.(q|k|v|out)_proj$", n)]
-    generator = torch.Generator().manual_seed(seed)
-    out: Tensors = {}
-    for name, module in layers:
-        name = name.replace(".", "_")
-        out[name + ".lora_down.weight"] = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.05
-        out[name + ".lora_up.weight"] = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.05
-        out[name + ".alpha"] = torch.tensor(float(LORA_RANK))
-    return out
+    return random_lora([(n.replace(".", "_"), m.in_features, m.out_features) for n, m in layers], seed, 0.05)
 
 
 def motion_lora(motion: Tensors, seed: int) -> Tensors:
     """A motion LoRA in the form sd-webui-animatediff's docs load "like any other LoRA": A1111 names each layer of
     the injected motion module by its key with dots as underscores (AnimateDiffMM._set_layer_mapping); here the
     temporal attention's q/k/v/out projections."""
-    generator = torch.Generator().manual_seed(seed)
-    out: Tensors = {}
-    for key, weight in motion.items():
-        if not re.search(r"attention_blocks\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key):
-            continue
-        name = key[:-len(".weight")].replace(".", "_")
-        out_features, in_features = weight.shape
-        out[name + ".lora_down.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) * 0.1
-        out[name + ".lora_up.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * 0.1
-        out[name + ".alpha"] = torch.tensor(float(LORA_RANK))
-    return out
+    layers = [(key[:-len(".weight")].replace(".", "_"), weight.shape[1], weight.shape[0])
+              for key, weight in motion.items()
+              if re.search(r"attention_blocks\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key)]
+    return random_lora(layers, seed, 0.1)
 
 
 def write_clip_cache(hf_home: Path) -> None:

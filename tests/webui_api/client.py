@@ -49,10 +49,6 @@ class WebUI:
     def get(self, path: str) -> Tuple[int, Any]:
         return self._request("GET", path)
 
-    def interrupt(self) -> None:
-        status, body = self.post("/sdapi/v1/interrupt", {})
-        assert status == 200, f"interrupt: HTTP {status}: {body}"
-
     def job(self, path: str, payload: dict) -> "Job":
         status, body = self.post(path, payload)
         return Job(status, body, self.last_seconds)
@@ -94,10 +90,6 @@ class Job:
         """The job's ``I4VGen`` record from ``info.extra_generation_params`` (None when there is none)."""
         value = self.info["extra_generation_params"].get("I4VGen")
         return None if value is None else parse_record(value)
-
-    def records(self) -> List[Optional[Dict[str, Any]]]:
-        """The ``I4VGen`` record of each entry of ``info.infotexts``."""
-        return [i4vgen_record(text) for text in self.info["infotexts"]]
 
 
 # Images -----------------------------------------------------------------------------------------------------------

@@ -403,20 +403,16 @@ def test_plain_job_unchanged_after_controlnet(webui, payload, plain_reference):
 
 
 # Cost model -----------------------------------------------------------------------------------------------------------
-def host_description(webui: WebUI) -> str:
+def host_and_machine(webui: WebUI) -> tuple:
+    """What the cost table says of the server: A1111's version and extensions, and the machine it runs on."""
     _, info = webui.get("/internal/sysinfo")
     info = info if isinstance(info, dict) else {}
     names = sorted(e.get("name", "?") for e in info.get("Extensions") or [])  # the enabled extensions
-    return f"AUTOMATIC1111 {info.get('Version', '?')} with {', '.join(names) or '?'}"
-
-
-def machine_description(webui: WebUI) -> str:
-    _, info = webui.get("/internal/sysinfo")
-    info = info if isinstance(info, dict) else {}
     cpu, ram = info.get("CPU") or {}, info.get("RAM") or {}
     _, flags = webui.get("/sdapi/v1/cmd-flags")
     device = "CPU" if isinstance(flags, dict) and flags.get("use_cpu") else "GPU"
-    return (f"{info.get('Platform', '?')}, {cpu.get('count logical', '?')} logical cores, RAM {ram.get('total', '?')}; "
+    return (f"AUTOMATIC1111 {info.get('Version', '?')} with {', '.join(names) or '?'}",
+            f"{info.get('Platform', '?')}, {cpu.get('count logical', '?')} logical cores, RAM {ram.get('total', '?')}; "
             f"the WebUI on the {device}, torch threads per OMP_NUM_THREADS of its start")
 
 
@@ -454,9 +450,10 @@ def test_cost_model(webui, payload, measured, i4vgen_job):
                      "freeinit": 2 * STEPS * c_video + fixed}
     floors = {name: value / t["plain"] for name, value in floor_seconds.items()}
     ratios = {name: t[name] / t["plain"] for name in ("plain", "i4vgen", "freeinit")}
+    host, machine = host_and_machine(webui)
     table = {
-        "host": host_description(webui),
-        "machine": machine_description(webui),
+        "host": host,
+        "machine": machine,
         "command": "I4VGEN_WEBUI_URL=... I4VGEN_WEBUI_COST_JSON=bench/results/webui/<name>.json make test-webui "
                    "(tests/webui_api/test_txt2img_live.py::test_cost_model), then python -m bench.report",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
