@@ -5,7 +5,7 @@ VENV := .venv
 HOST := .venv-host
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-standalone test-host test-webui venvs clean
+.PHONY: demo test lint test-standalone test-host test-webui venvs clean
 
 $(VENV)/.ok: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ venvs: $(VENV)/.ok $(HOST)/.ok
 demo: $(VENV)/.ok
 	$(VENV)/bin/i4vgen generate --prompt "a corgi running on the beach" --out out/demo --ranker none
 
+# ruff (pyflakes, import order, line length; settings in pyproject.toml): a finding fails `make test`.
+lint: $(VENV)/.ok
+	$(VENV)/bin/ruff check .
+
 test-standalone: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone
 
@@ -37,7 +41,7 @@ test-webui: $(VENV)/.ok
 	$(VENV)/bin/pip install -q -e ".[live]"
 	$(VENV)/bin/python -m pytest -v -rs tests/webui_api
 
-test: test-standalone test-host
+test: lint test-standalone test-host
 
 clean:
 	rm -rf $(VENV) $(HOST) out

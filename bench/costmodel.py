@@ -142,12 +142,13 @@ def evaluate_targets(methods: List[Dict[str, Any]], run: Dict[str, Any]) -> List
         share = m["outside_unet_share"]
         comp = m["component_seconds"]
         projected = outside_share_at(25, m, m["settings"])
+        rest = m["outside_unet_seconds"] - comp["vae_decode"] - comp["text_encoder"] - m["stage_seconds"].get("ranking", 0.0)
         out.append(_target(
             f"{name}: time outside UNet calls <= 5% of the total", f"<= {OUTSIDE_UNET_LIMIT:.0%}",
             share <= OUTSIDE_UNET_LIMIT, f"{share:.1%} ({m['outside_unet_seconds']:.2f} s of {m['median_seconds']:.2f} s)",
             f"VAE decode {comp['vae_decode']:.2f} s ({m['vae_decoded_frames']} frames), text encoding "
             f"{comp['text_encoder']:.2f} s, ranking {m['stage_seconds'].get('ranking', 0.0):.3f} s, the rest "
-            f"{m['outside_unet_seconds'] - comp['vae_decode'] - comp['text_encoder'] - m['stage_seconds'].get('ranking', 0.0):.2f} s; "
+            f"{rest:.2f} s; "
             f"projected to S = 25 with these per-call costs: {projected:.1%}"))
         per_step = comp["image_unet"] / settings["steps"]
         calls = m["hook_unet_calls"]["video"]

@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from i4vgen_ext.backbones.tiny import build_once
 from i4vgen_ext.backbones.clip_tokenizer import FULL_VOCAB_SIZE, write_clip_tokenizer
 from i4vgen_ext.backbones.configs import MM_V2, SD15_TEXT, SD15_UNET, SD15_VAE, SD_MODEL_INDEX, scheduler_config
+from i4vgen_ext.backbones.tiny import build_once
 
 VERSION = "sd15-random-v1"
 MARKER_FILE = "i4vgen_sd15_random.json"

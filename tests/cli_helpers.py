@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def cli_error(capsys, *argv) -> str:
-    from i4vgen_ext.cli import main
+    from i4vgen_ext.standalone.cli import main
 
     code = main(list(argv))
     err = capsys.readouterr().err

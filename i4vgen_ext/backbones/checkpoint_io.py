@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, UntrustedPickleError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # torch.save's legacy (pre-zip) format starts with its pickled magic number.
@@ -21,10 +21,6 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19
 _TRUST_HINT = "--trust-pickle (library: trust_pickle=True)"
 
 log = logging.getLogger("i4vgen")
-
-
-class UntrustedPickleError(ModelFileError, RuntimeError):
-    """A pickled checkpoint that holds more than tensors, refused because loading it can run arbitrary code."""
 
 
 def is_single_file(path: Path | str) -> bool:

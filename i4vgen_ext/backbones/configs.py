@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping
 import torch
 
 from ..core.schedule import ScheduleConfig
+from ..errors import UnsupportedCheckpointError
 from .clip_tokenizer import FULL_VOCAB_SIZE, write_clip_tokenizer
 
 SD15_UNET: Dict[str, Any] = dict(
@@ -39,25 +40,18 @@ MM_V1: Dict[str, Any] = {**MM_V2, "motion_max_seq_length": 24, "use_motion_mid_b
 MM_V3: Dict[str, Any] = {**MM_V2, "use_motion_mid_block": False}
 
 # The embedded demo model ("TINY_SD"): SD1.5's topology and checkpoint key layout at tiny widths.
-TINY_UNET: Dict[str, Any] = dict(
-    sample_size=8, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
-)
-TINY_VAE: Dict[str, Any] = dict(
-    block_out_channels=(8, 16, 16, 16), layers_per_block=2, latent_channels=4, sample_size=64,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=4, scaling_factor=0.18215,
-)
+TINY_UNET: Dict[str, Any] = {
+    **SD15_UNET, "sample_size": 8, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32,
+    "attention_head_dim": 2, "norm_num_groups": 8,
+}
+TINY_VAE: Dict[str, Any] = {**SD15_VAE, "block_out_channels": (8, 16, 16, 16), "sample_size": 64, "norm_num_groups": 4}
 TINY_TEXT: Dict[str, Any] = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
 )
-TINY_MM: Dict[str, Any] = dict(
-    block_out_channels=(32, 32, 64, 64), motion_layers_per_block=2, motion_num_attention_heads=2,
-    motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=True,
-)
+TINY_MM: Dict[str, Any] = {
+    **MM_V2, "block_out_channels": (32, 32, 64, 64), "motion_num_attention_heads": 2, "motion_norm_num_groups": 8,
+}
 
 FAMILIES = {
     "sd15": {"unet": SD15_UNET, "vae": SD15_VAE, "text": SD15_TEXT},
@@ -81,10 +75,6 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 CLIP_TOKEN_EMBEDDING = CLIP_PREFIX + "text_model.embeddings.token_embedding.weight"
-
-
-class UnsupportedCheckpointError(ValueError):
-    """A checkpoint this backbone cannot run (not SD1.5-family, or not AnimateDiff SD1.5 motion modules)."""
 
 
 def tiny_text_config(vocab_size: int) -> Dict[str, Any]:

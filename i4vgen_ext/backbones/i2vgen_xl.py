@@ -9,7 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -18,14 +18,11 @@ from ..core.denoiser import FixedSchedule, StepCallback, notify
 from ..core.noise import Noises
 from ..core.pipeline import I4VGenResult, run_i4vgen
 from ..core.settings import I4VGenSettings
+from ..errors import ImageModeUnsupported
 
 # The pipeline's own call defaults (``I2VGenXLPipeline.__call__`` and its docstring example).
 DEFAULTS: Dict[str, Any] = {"width": 1280, "height": 704, "frames": 16, "steps": 50, "guidance": 9.0, "fps": 16}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-class ImageModeUnsupported(ValueError):
-    """I2VGen-XL has no single-image mode, so I4VGen's candidate stage cannot run on it."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..errors import MissingDependencyError, ModelFileError
+from ..errors import MissingDependencyError, ModelFileError, UnsupportedCheckpointError
 from . import configs
 from .checkpoint_io import check_checkpoint, is_single_file, read_checkpoint
 from .shared_unets import image_unet_view, motion_unet_from_parts, share_motion_modules
@@ -181,7 +181,7 @@ def load_motion_adapter(source: str | Path, *, dtype: torch.dtype = torch.float3
     _check_motion_keys(path, state_dict)
     try:
         config = configs.motion_adapter_config(state_dict)
-    except configs.UnsupportedCheckpointError as err:
+    except UnsupportedCheckpointError as err:
         raise ModelFileError(f"motion module {path}: {err}; {MOTION_MODULE_HINT}") from None
     with tempfile.TemporaryDirectory(prefix="i4vgen-mm-config-") as config_dir:
         configs.write_motion_adapter_config_dir(config_dir, config)
@@ -208,8 +208,8 @@ def _load_single_file(path: Path, motion_module, *, dtype: torch.dtype, config, 
             try:
                 family = configs.sd_family(state_dict)
                 config_dir = str(configs.write_config_dir_for_checkpoint(written, state_dict))
-            except configs.UnsupportedCheckpointError as err:
-                raise configs.UnsupportedCheckpointError(f"model {path}: {err}") from None
+            except UnsupportedCheckpointError as err:
+                raise UnsupportedCheckpointError(f"model {path}: {err}") from None
         else:
             family, config_dir = "custom", str(config)
         common = dict(config=config_dir, torch_dtype=dtype, local_files_only=True)

@@ -14,9 +14,16 @@ import torch
 
 from .denoiser import Denoiser, StepCallback, notify
 from .schedule import add_noise
-from .settings import (DEFAULTS, EVS_NAMES, FIELD_BY_NAME, SFI_LAYER_PRESETS, SFI_LAYERS_ALLOWED, SettingsError,  # noqa: F401
-                       check, parse_sfi_layers)
-
+from .settings import (  # noqa: F401
+    DEFAULTS,
+    EVS_NAMES,
+    FIELD_BY_NAME,
+    SFI_LAYER_PRESETS,
+    SFI_LAYERS_ALLOWED,
+    SettingsError,
+    check,
+    parse_sfi_layers,
+)
 
 DEFAULT_VIDEO_STEPS = 4
 

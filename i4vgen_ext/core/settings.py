@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..errors import SettingsError
 from .schedule import ScheduleConfig, sampling_timesteps
 
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -35,14 +36,6 @@ SFI_LAYERS_ALLOWED = ('"deep" (mid block + lowest-resolution blocks), "shallow" 
                       'or a comma list of UNet module-name prefixes: diffusers names such as "mid_block,up_blocks.1" '
                       'in the CLI, ldm names such as "middle_block,output_blocks.3" in the WebUI')
 _MODULE_PREFIX = re.compile(r"^[A-Za-z_]\w*(?:\.\w+)*$")
-
-
-class SettingsError(ValueError):
-    """A setting is out of range. The message names the setting, the value and what is allowed."""
-
-    def __init__(self, name: str, value: Any, allowed: str):
-        self.name, self.value, self.allowed = name, value, allowed
-        super().__init__(f"{name} = {value!r} is not allowed: expected {allowed}")
 
 
 class IMAGE:
@@ -390,7 +383,8 @@ def validate(s: I4VGenSettings) -> None:
         raise SettingsError("steps", s.steps, "fewer steps: with this schedule's steps_offset the first timestep "
                             f"passes {s.schedule.num_train_timesteps - 1}")
     if s.anchor_index >= s.candidates:
-        raise SettingsError("anchor_index", s.anchor_index, f"-1 or an integer in [0, {s.candidates - 1}] (candidates = {s.candidates})")
+        raise SettingsError("anchor_index", s.anchor_index,
+                            f"-1 or an integer in [0, {s.candidates - 1}] (candidates = {s.candidates})")
 
 
 def alpha_list(schedule: str, iterations: int) -> List[float]:

@@ -9,8 +9,14 @@ from .base import NoneRanker, Ranker, RankerLoadError
 from .locate import WEBUI_MODELS_ENV
 from .prompt import clean_prompt
 from .registry import (
-    DEFAULT_RANKER, FALLBACKS, available_rankers, cached_rankers, load_ranker, load_ranker_with_fallback,
-    register_ranker, unload_cached,
+    DEFAULT_RANKER,
+    FALLBACKS,
+    available_rankers,
+    cached_rankers,
+    load_ranker,
+    load_ranker_with_fallback,
+    register_ranker,
+    unload_cached,
 )
 
 __all__ = [

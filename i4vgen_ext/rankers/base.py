@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import gc
-from typing import List, Optional, Protocol, Sequence, Union, runtime_checkable
+import logging
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from PIL import Image
+
+from ..errors import RankerLoadError
+
+log = logging.getLogger("i4vgen")
 
 DTypeLike = Union[None, str, torch.dtype]
 
@@ -27,24 +32,6 @@ class Ranker(Protocol):
     def unload(self) -> None:
         """Free the model's memory; the ranker cannot score afterwards."""
         ...
-
-
-class RankerLoadError(RuntimeError):
-    """A ranker could not load. Says which ranker, why, where its files were looked for and how to get them.
-
-    ``reason`` is short enough for the infotext label ``none (fallback: <reason>)``."""
-
-    def __init__(self, ranker: str, reason: str, searched: Sequence[str] = (), hint: str = "", detail: str = ""):
-        self.ranker, self.reason, self.searched, self.hint, self.detail = ranker, reason, list(searched), hint, detail
-        lines = [f"ranker '{ranker}' could not load: {reason}"]
-        if detail:
-            lines.append(detail)
-        if self.searched:
-            lines.append("searched:")
-            lines.extend(f"  - {place}" for place in self.searched)
-        if hint:
-            lines.append(f"how to get the files: {hint}")
-        super().__init__("\n".join(lines))
 
 
 class NoneRanker:
@@ -120,3 +107,49 @@ class DeviceSession:
 
 def describe_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     return torch.device(device if device is not None else "cpu")
+
+
+class ModelRanker:
+    """What the model-backed rankers share: scoring on ``device`` with one retry on the CPU when the device runs out
+    of memory, and ``unload``. A subclass turns the prompt and images into tensors (``inputs``) and scores them on
+    one device (``_score_on``)."""
+
+    name: str
+
+    def __init__(self, model: Any, device: torch.device, batch_size: int = 16):
+        self.model, self.device, self.batch_size = model, device, batch_size
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.model is not None
+
+    def inputs(self, prompt: str, images: Sequence[Image.Image]) -> Tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _score_on(self, device: torch.device, *inputs: Any) -> List[float]:
+        raise NotImplementedError
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> List[float]:
+        check_images(images)
+        if self.model is None:
+            raise RuntimeError(f"the {self.name} ranker was unloaded; load it again")
+        inputs = self.inputs(prompt, images)
+        try:
+            return self._score_on(self.device, *inputs)
+        except Exception as error:
+            if self.device.type == "cpu" or not is_out_of_memory(error):
+                raise
+            log.warning("%s ran out of memory on %s; scoring on the CPU instead", self.name, self.device)
+            release_device_memory(self.device)
+            return self._score_on(torch.device("cpu"), *inputs)
+
+    def unload(self) -> None:
+        self.model = None
+        release_device_memory(self.device)
+
+
+def load_failure(ranker: str, error: BaseException, searched: Sequence[str], hint: str, where: Any,
+                 reason: str = "corrupt or unreadable checkpoint") -> RankerLoadError:
+    """The load error for what building a ranker's model raised: out of memory, or ``reason``."""
+    return RankerLoadError(ranker, "out of memory" if is_out_of_memory(error) else reason, searched, hint,
+                           f"{where}: {error}")

@@ -12,10 +12,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from .base import (
-    DeviceSession, DTypeLike, RankerLoadError, check_images, describe_device, is_out_of_memory, release_device_memory,
-    resolve_dtype,
-)
+from ..errors import RankerLoadError
+from .base import DeviceSession, DTypeLike, ModelRanker, describe_device, load_failure, resolve_dtype
 from .locate import PathLike, has_files, hub_folder, is_offline
 from .prompt import clean_prompt
 
@@ -95,39 +93,20 @@ def locate_clip(spec: ClipSpec, path: Optional[PathLike], offline: bool) -> Tupl
     return model, processor, searched
 
 
-class ClipRanker:
+class ClipRanker(ModelRanker):
     """Scores with a CLIPModel: cosine(text, image), times ``logit_scale.exp()`` for PickScore."""
 
     def __init__(self, spec: ClipSpec, model, tokenizer, image_processor, device: torch.device, batch_size: int = 16):
-        self.name = spec.name
-        self.spec = spec
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.device = device
-        self.batch_size = batch_size
+        super().__init__(model, device, batch_size)
+        self.name, self.spec = spec.name, spec
+        self.tokenizer, self.image_processor = tokenizer, image_processor
 
-    @property
-    def is_loaded(self) -> bool:
-        return self.model is not None
-
-    def score(self, prompt: str, images: Sequence[Image.Image]) -> List[float]:
-        check_images(images)
-        if self.model is None:
-            raise RuntimeError(f"the {self.name} ranker was unloaded; load it again")
+    def inputs(self, prompt: str, images: Sequence[Image.Image]) -> Tuple[torch.Tensor, Any]:
         limit = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer(clean_prompt(prompt), padding=True, truncation=True, max_length=limit,
                                 return_tensors="pt")
         rgb = [image.convert("RGB") for image in images]
-        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
-        try:
-            return self._score_on(self.device, pixels, tokens)
-        except Exception as error:
-            if self.device.type == "cpu" or not is_out_of_memory(error):
-                raise
-            log.warning("%s ran out of memory on %s; scoring on the CPU instead", self.name, self.device)
-            release_device_memory(self.device)
-            return self._score_on(torch.device("cpu"), pixels, tokens)
+        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"], tokens
 
     @torch.no_grad()
     def _score_on(self, device: torch.device, pixels: torch.Tensor, tokens) -> List[float]:
@@ -142,10 +121,6 @@ class ClipRanker:
                 else:
                     scores.append((out.text_embeds.float() @ out.image_embeds.float().T)[0].cpu())
         return [float(s) for s in torch.cat(scores)]
-
-    def unload(self) -> None:
-        self.model = None
-        release_device_memory(self.device)
 
 
 def check_loading_info(spec: ClipSpec, info: dict, folder: Path, searched: Sequence[str]) -> None:
@@ -174,8 +149,7 @@ def load_clip_like(spec: ClipSpec, path: Optional[PathLike], device: Any, dtype:
         model, info = CLIPModel.from_pretrained(str(model_dir), local_files_only=True, output_loading_info=True,
                                                 use_safetensors=True)
     except Exception as error:
-        reason = "out of memory" if is_out_of_memory(error) else "corrupt or unreadable checkpoint"
-        raise RankerLoadError(spec.name, reason, searched, spec.hint, f"{model_dir}: {error}") from error
+        raise load_failure(spec.name, error, searched, spec.hint, model_dir) from error
     check_loading_info(spec, info, model_dir, searched)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(processor_dir), local_files_only=True)

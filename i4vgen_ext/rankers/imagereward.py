@@ -11,15 +11,13 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 
-from .base import (
-    DeviceSession, DTypeLike, RankerLoadError, check_images, describe_device, is_out_of_memory, release_device_memory,
-    resolve_dtype,
-)
+from ..errors import RankerLoadError
+from .base import DeviceSession, DTypeLike, ModelRanker, describe_device, is_out_of_memory, resolve_dtype
 from .imagereward_model import DEFAULT_MED_CONFIG, PROMPT_TOKENS, ImageRewardModel, build_model, preprocess_batch
 from .locate import PathLike, has_files, hf_cache_dir, hub_folder, is_offline, webui_models_dir
 from .prompt import clean_prompt
@@ -217,38 +215,21 @@ def load_tokenizer(folder: Path, vocab_size: int, searched: Sequence[str]):
     return tokenizer
 
 
-class ImageRewardRanker:
+class ImageRewardRanker(ModelRanker):
     """Scores N candidates for one prompt in batches under ``no_grad``; the model visits ``device`` only while scoring."""
 
     name = NAME
 
     def __init__(self, model: ImageRewardModel, tokenizer, device: torch.device, files: ImageRewardFiles,
                  batch_size: int = 16):
-        self.model: Optional[ImageRewardModel] = model
-        self.tokenizer = tokenizer
-        self.device = device
-        self.files = files
-        self.batch_size = batch_size
+        super().__init__(model, device, batch_size)
+        self.model: Optional[ImageRewardModel]
+        self.tokenizer, self.files = tokenizer, files
 
-    @property
-    def is_loaded(self) -> bool:
-        return self.model is not None
-
-    def score(self, prompt: str, images: Sequence[Image.Image]) -> List[float]:
-        check_images(images)
-        if self.model is None:
-            raise RuntimeError("the imagereward ranker was unloaded; load it again")
+    def inputs(self, prompt: str, images: Sequence[Image.Image]) -> Tuple[torch.Tensor, Any]:
         tokens = self.tokenizer(clean_prompt(prompt), padding="max_length", truncation=True,
                                 max_length=PROMPT_TOKENS, return_tensors="pt")
-        pixels = preprocess_batch(images, self.model.config.image_size)
-        try:
-            return self._score_on(self.device, pixels, tokens)
-        except Exception as error:
-            if self.device.type == "cpu" or not is_out_of_memory(error):
-                raise
-            log.warning("imagereward ran out of memory on %s; scoring on the CPU instead", self.device)
-            release_device_memory(self.device)
-            return self._score_on(torch.device("cpu"), pixels, tokens)
+        return preprocess_batch(images, self.model.config.image_size), tokens
 
     @torch.no_grad()
     def _score_on(self, device: torch.device, pixels: torch.Tensor, tokens) -> List[float]:
@@ -260,10 +241,6 @@ class ImageRewardRanker:
             rewards = [model(chunk.to(device, dtype), ids, mask).float().cpu()
                        for chunk in pixels.split(self.batch_size)]
         return [float(r) for r in torch.cat(rewards)]
-
-    def unload(self) -> None:
-        self.model = None
-        release_device_memory(self.device)
 
 
 def load_imagereward(

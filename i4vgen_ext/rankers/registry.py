@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .base import DTypeLike, NoneRanker, Ranker, RankerLoadError, is_out_of_memory, resolve_dtype
-from .locate import PathLike, webui_models_dir as resolve_webui_models_dir
+from .locate import PathLike
+from .locate import webui_models_dir as resolve_webui_models_dir
 
 log = logging.getLogger("i4vgen.rankers")
 

@@ -9,8 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..core.evs import EVSSettings
-from ..core.settings import (EXTRA_NAMES, FIELD_BY_NAME, METHOD_FIELDS, PRESETS, I4VGenSettings, SettingsError,
-                             mode_runs_evs, mode_runs_i4vgen, parse_method_args, to_bool)
+from ..core.settings import (
+    EXTRA_NAMES,
+    FIELD_BY_NAME,
+    METHOD_FIELDS,
+    PRESETS,
+    I4VGenSettings,
+    SettingsError,
+    mode_runs_evs,
+    mode_runs_i4vgen,
+    parse_method_args,
+    to_bool,
+)
 from .anchor import decode_anchor_arg, describe_anchor
 from .fields import WEBUI_MODES
 from .ranking import check_ranker_name

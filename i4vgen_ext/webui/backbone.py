@@ -19,7 +19,6 @@ from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
 
-
 # (phase, video mode) -> the stage a single noise prediction belongs to.
 STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
           ("evs-inversion", True): "evs-inversion"}

@@ -11,7 +11,6 @@ from ..core.compose import STAGE_LABELS
 from ..core.denoiser import StepEvent
 
 
-
 def jobs_per_batch(anchor_chunks: int, *, mode: str = "i4vgen", anchor_image: bool = False) -> int:
     """Progress jobs of one batch: anchor chunks + ranking (unless an anchor image replaces them), NI-VSDS and
     regeneration for I4VGen; AnimateDiff's own video for "evs"; one more for EVS refinement."""

@@ -10,9 +10,7 @@ import sys
 from types import ModuleType
 from typing import Any, Optional
 
-
-class HostUnavailable(ImportError):
-    pass
+from ..errors import HostUnavailable
 
 
 def module(name: str) -> ModuleType:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from i4vgen_ext.backbones import clip_tokenizer
-from i4vgen_ext.backbones.clip_tokenizer import (BOS_TOKEN, EOS_TOKEN, bytes_to_unicode, find_open_clip_bpe,
-                                                 write_clip_tokenizer)
+from i4vgen_ext.backbones.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode, find_open_clip_bpe, write_clip_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from i4vgen_ext.cli import main
 from i4vgen_ext.core.anchor_image import load_anchor_image
 from i4vgen_ext.core.settings import SettingsError
 

@@ -2,17 +2,17 @@
 named ``SettingsError``, never another exception; run.json is always strict JSON."""
 from __future__ import annotations
 
-import os
-
 import json
 import math
-
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+import os
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from i4vgen_ext.core.settings import FIELD_BY_NAME, FIELDS, I4VGenSettings, SettingsError, coerce
-from i4vgen_ext.outputs import write_run_json
+from i4vgen_ext.standalone.outputs import write_run_json
 
 NAMES = [f.name for f in FIELDS if f.name not in ("anchor_image", "preset")]  # preset: from_preset's own argument
 VALUES = st.one_of(
@@ -21,7 +21,8 @@ VALUES = st.one_of(
     st.sampled_from(["official", "paper", "deep", "i4vgen", "plain+evs", "1e3", "nan", "-1", "0.5", "true", "10,1"]),
     st.lists(st.floats(allow_nan=True), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
-FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

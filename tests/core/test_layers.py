@@ -1,5 +1,6 @@
-"""The layers point one way: the core imports neither the WebUI, the backbones, the CLI nor diffusers; the WebUI
-adapter imports no backbone and reaches the host only through ``shim``; nothing imports the CLI; no import cycle."""
+"""The layers point one way: the core imports neither an adapter, the backbones nor diffusers; the adapters (``webui``,
+``standalone``) sit side by side and never import each other; the WebUI adapter imports no backbone and reaches the
+host only through ``shim``; nothing imports the CLI; ``errors`` is a leaf; no import cycle."""
 from __future__ import annotations
 
 import ast
@@ -45,7 +46,7 @@ def test_the_core_imports_only_itself_and_the_numeric_libraries():
             continue
         for dep, _ in deps:
             if dep.startswith("i4vgen_ext"):
-                assert dep.startswith("i4vgen_ext.core"), (module, dep)
+                assert dep.startswith(("i4vgen_ext.core", "i4vgen_ext.errors")), (module, dep)
             else:
                 root = dep.split(".")[0]
                 assert root in allowed_outside or root in __import__("sys").stdlib_module_names, (module, dep)
@@ -56,17 +57,29 @@ def test_the_webui_adapter_imports_no_backbone_no_cli_and_the_host_only_through_
         if not module.startswith("i4vgen_ext.webui"):
             continue
         for dep, _ in deps:
-            assert not dep.startswith(("i4vgen_ext.backbones", "i4vgen_ext.cli", "i4vgen_ext.generate",
-                                       "diffusers")), (module, dep)
+            assert not dep.startswith(("i4vgen_ext.backbones", "i4vgen_ext.standalone", "diffusers")), (module, dep)
             if module != "i4vgen_ext.webui.shim":
                 assert dep.split(".")[0] != "modules", (module, dep)
+
+
+def test_the_adapters_sit_side_by_side():
+    adapters = ("i4vgen_ext.webui", "i4vgen_ext.standalone")
+    for module, deps in GRAPH.items():
+        own = next((a for a in adapters if module.startswith(a)), None)
+        for dep, _ in deps:
+            other = next((a for a in adapters if dep.startswith(a)), None)
+            assert other is None or other == own or module == "i4vgen_ext.__main__", (module, dep)
+
+
+def test_the_error_module_is_a_leaf():
+    assert all(not dep.startswith("i4vgen_ext") for dep, _ in GRAPH["i4vgen_ext.errors"])
 
 
 def test_nothing_imports_the_cli():
     for module, deps in GRAPH.items():
         if module == "i4vgen_ext.__main__":
             continue
-        assert all(not dep.startswith("i4vgen_ext.cli") for dep, _ in deps), module
+        assert all(not dep.startswith("i4vgen_ext.standalone.cli") for dep, _ in deps), module
 
 
 def test_no_import_cycle_at_module_level():

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from i4vgen_ext.core.noise import draw_noises, seeded_generator
 from i4vgen_ext.core.pipeline import progress_plan, run_i4vgen

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from i4vgen_ext.core.noise import draw_noises, seeded_generator
 from i4vgen_ext.core.schedule import ScheduleConfig, add_noise, alphas_cumprod_for, sampling_timesteps

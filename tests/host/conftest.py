@@ -57,12 +57,10 @@ class RankerStub:
 @pytest.fixture(scope="session")
 def host() -> Host:
     import gradio as gr
-
+    import torch
     from modules import script_callbacks, script_loading, scripts, sd_hijack_optimizations, shared
     from modules.api import api
     from tinymodel import TinyLatentDiffusion
-
-    import torch
 
     torch.set_num_threads(1)  # tiny tensors: threading only adds overhead on the shared 2-core machine
     shared.sd_model = TinyLatentDiffusion()
@@ -174,7 +172,6 @@ def run_stopped(p, action: str) -> None:
 
 from i4vgen_ext.core.compose import STAGE_LABELS  # noqa: E402
 
-
 # Stages, host state and triggers shared by the job tests -------------------------------------------------------------
 STAGE_TEXT = {"anchors": "I4VGen: anchor images", "ranking": "I4VGen: ranking", "ni-vsds": "I4VGen: NI-VSDS",
               "regeneration": "I4VGen: regeneration", "plain": "I4VGen: AnimateDiff video",
@@ -203,8 +200,9 @@ def stage_calls(model, stage):
 
 def host_state(p, model):
     """Everything I4VGen may touch, by identity where identity matters."""
-    from i4vgen_ext.webui import job as i4vgen_job
     from scripts.animatediff_mm import AnimateDiffMM, mm_animatediff
+
+    from i4vgen_ext.webui.plan import BORROWED_FIELDS
 
     unet = model.model.diffusion_model
     return {
@@ -213,7 +211,7 @@ def host_state(p, model):
         "alphas_original": id(model.alphas_cumprod_original),
         "ad_prev_alphas": (id(mm_animatediff.prev_alpha_cumprod), id(mm_animatediff.prev_alpha_cumprod_original)),
         "unet_layers": ([len(b) for b in unet.input_blocks], len(unet.middle_block), [len(b) for b in unet.output_blocks]),
-        "p_fields": {name: (id(vars(p).get(name)), repr(vars(p).get(name))) for name in i4vgen_job.BORROWED_FIELDS},
+        "p_fields": {name: (id(vars(p).get(name)), repr(vars(p).get(name))) for name in BORROWED_FIELDS},
         "p_rng": id(p.rng),
         "p_seeds": list(p.seeds), "p_all_seeds": list(p.all_seeds),
         "p_prompts": list(p.prompts), "p_c": id(p.c), "p_uc": id(p.uc),
@@ -324,8 +322,9 @@ def gif_frames(path):
 
 def pasted_values(host: Host, text: str) -> Dict[str, Any]:
     """What the UI's paste puts into each of the panel's pasteable controls (None: left as it is)."""
-    from i4vgen_ext.webui.infotext import PASTE_NAMES
     from modules import infotext_utils
+
+    from i4vgen_ext.webui.infotext import PASTE_NAMES
 
     script = host.script("txt2img", "I4VGen")
     values = infotext_utils.paste_func(script.infotext_fields, text)

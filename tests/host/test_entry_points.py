@@ -7,7 +7,7 @@ import json
 import pytest
 
 from i4vgen_ext.core.compose import call_plan, plan_run
-from i4vgen_ext.webui import job as i4vgen_job
+from i4vgen_ext.webui import batch as i4vgen_batch
 from i4vgen_ext.webui.fields import WEBUI_MODES
 
 from .conftest import ad_args, gradient, make_p, run, ui_args
@@ -20,14 +20,14 @@ STEPS = 5
 def test_webui_job_makes_the_planned_calls_and_reports_the_planned_steps(host, stub, monkeypatch, mode, anchor,
                                                                          candidates):
     runs = []
-    original = i4vgen_job.run_mode
+    original = i4vgen_batch.run_mode
 
     def spy(denoiser, settings, noises, **kwargs):
         result = original(denoiser, settings, noises, **kwargs)
         runs.append((settings, kwargs, result))
         return result
 
-    monkeypatch.setattr(i4vgen_job, "run_mode", spy)
+    monkeypatch.setattr(i4vgen_batch, "run_mode", spy)
     named = dict(mode=mode, candidates=candidates, evs_inversion=mode.endswith("evs"),
                  anchor_image=gradient(64, 64) if anchor else None)
     p = make_p(host, i4vgen=ui_args(host, **named), ad=ad_args(batch_size=8), steps=STEPS)

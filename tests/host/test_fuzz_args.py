@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from i4vgen_ext.core.settings import SettingsError
 from i4vgen_ext.webui.args import UI_ORDER, build_settings, parse_script_args
@@ -15,7 +17,8 @@ VALUES = st.one_of(
     st.sampled_from(["official", "evs", "i4vgen+evs", "plain", "deep", "true", "/etc/passwd", "../x", "clip", "2"]),
     st.lists(st.integers(), max_size=3),
 )
-FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = hsettings(max_examples=int(os.environ.get("I4VGEN_FUZZ_EXAMPLES", 300)), deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow])
 
 
 def _parse(args):

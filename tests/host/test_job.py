@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from i4vgen_ext.webui import batch as i4vgen_batch
+from i4vgen_ext.webui import controlnet as i4vgen_controlnet
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import ranking
 
@@ -92,8 +94,8 @@ def test_progress_counts_add_up(host, stub):
 def test_hires_fix_upscales_the_i4vgen_video(host, stub, watch, upscaler):
     """Hires. fix runs after I4VGen's video as after AnimateDiff's: every frame upscaled and refined with the motion
     module in (the host's second pass, not counted in I4VGen's record); the video comes out at the new size."""
-    from PIL import Image
     from modules import shared
+    from PIL import Image
 
     p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8), enable_hr=True, hr_scale=2.0,
                hr_upscaler=upscaler, hr_second_pass_steps=2, denoising_strength=0.5)
@@ -161,7 +163,7 @@ def test_candidate_noise_is_the_host_noise_of_seed_plus_k(host):
 
     p = make_p(host, i4vgen=i4v(), ad=ad_args())
     p.seeds, p.subseeds = [100, 101], [7, 8]
-    rngs = i4vgen_job.candidate_rngs(p, 5, 2)
+    rngs = i4vgen_batch.candidate_rngs(p, 5, 2)
     noise = torch.cat([r.next() for r in rngs])
     expected = rng.ImageRNG((4, 8, 8), [100 + k for k in range(5)]).next()
     assert torch.equal(noise, expected)
@@ -261,7 +263,7 @@ def test_missing_ranker_weights_follow_the_fallback(host, monkeypatch):
     def loader(name, *, fallback, **kwargs):
         if fallback == "error":
             raise RankerLoadError(name, "weights not found", searched=["/models/ImageReward"])
-        return NoneRanker(), f"none (fallback: weights not found)"
+        return NoneRanker(), "none (fallback: weights not found)"
 
     monkeypatch.setattr(ranking, "default_loader", loader)
     p = make_p(host, i4vgen=i4v(), ad=ad_args(batch_size=8))
@@ -352,7 +354,7 @@ def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):
         host.model.unet_log.clear()
         p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
         p.script_args = [*p.script_args, *units]
-        assert i4vgen_job.controlnet_units_enabled(p) is refused
+        assert i4vgen_controlnet.controlnet_units_enabled(p) is refused
         if refused:
             with pytest.raises(i4vgen_job.I4VGenError, match="ControlNet is not supported with I4VGen"):
                 run(p)

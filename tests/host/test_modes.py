@@ -10,14 +10,28 @@ import pytest
 import torch
 from PIL import Image
 
-from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
-from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.core import compose as refine  # where EVS runs (core.compose.run_mode)
+from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
+from i4vgen_ext.webui import batch as i4vgen_batch
+from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui.anchor import describe_anchor, encode_anchor, image_to_tensor
 from i4vgen_ext.webui.backbone import from_host_video, to_host_video
 
-from .conftest import (STAGE_TEXT, run_stopped, ad_args, assert_restored, b64, gif_frames, gradient, make_p, pasted_values, run,
-                       stage_calls, trigger_in, ui_args)
+from .conftest import (
+    STAGE_TEXT,
+    ad_args,
+    assert_restored,
+    b64,
+    gif_frames,
+    gradient,
+    make_p,
+    pasted_values,
+    run,
+    run_stopped,
+    stage_calls,
+    trigger_in,
+    ui_args,
+)
 
 STEPS = 5  # EVS defaults at S = 5: 2 T2I steps (+1 re-evaluation at the block), n_V = 1, inversion 1 step
 
@@ -91,13 +105,13 @@ def test_panel_and_api_images_make_the_same_video(host, stub):
 
 def test_anchor_latent_is_the_scaled_posterior_mean_of_the_fitted_image(host, stub, monkeypatch):
     seen = {}
-    original = i4vgen_job.run_mode
+    original = i4vgen_batch.run_mode
 
     def spy(*args, **kwargs):
         seen["anchor"] = kwargs["anchor"]
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(i4vgen_job, "run_mode", spy)
+    monkeypatch.setattr(i4vgen_batch, "run_mode", spy)
     image = gradient(80, 48)
     run(make_p(host, i4vgen=ui_args(host, anchor_image=image), ad=ad_args(batch_size=8), width=64, height=64))
     x = image_to_tensor(fit_to_video(image, 64, 64)) * 2 - 1  # resized to cover, centre-cropped, in [-1, 1]
@@ -242,7 +256,8 @@ def test_evs_noise_continues_the_host_generators(host, stub, monkeypatch, mode, 
 
     seen = []
     original = refine.evs_refine
-    monkeypatch.setattr(refine, "evs_refine", lambda d, v, noises, *a, **kw: (seen.append(noises), original(d, v, noises, *a, **kw))[1])
+    monkeypatch.setattr(refine, "evs_refine",
+                        lambda d, v, noises, *a, **kw: (seen.append(noises), original(d, v, noises, *a, **kw))[1])
 
     def job(seed, **extra):
         return run(make_p(host, i4vgen=ui_args(host, mode=mode, **extra), ad=ad_args(batch_size=8), steps=STEPS,

@@ -35,9 +35,9 @@ def test_panel_controls_follow_ui_order_with_safe_defaults(host):
 
 def test_ui_can_be_built_again_without_side_effects(host):
     import gradio as gr
+    from modules import script_callbacks, shared
 
     from i4vgen_ext.webui.ui import candidate_store
-    from modules import script_callbacks, shared
 
     script = host.script("txt2img", "I4VGen")
     candidate_store.put("txt2img", [("x", "y")])

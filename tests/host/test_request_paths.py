@@ -137,6 +137,7 @@ def test_the_ranker_cache_resolves_the_name_itself(server, tmp_path: Path) -> No
 def test_a_real_pickscore_folder_by_name_loads_its_safetensors(host, server, tmp_path: Path) -> None:
     """End to end with real files: the named folder's model loads; a pickled bin beside it is never unpickled."""
     import torch
+
     from tests.rankers.ranker_fixtures import write_clip_model, write_clip_processor
 
     folder = server["root"] / "PickScore_v1"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.core import compose as refine  # where EVS runs (core.compose.run_mode)
 from i4vgen_ext.core.attention import record_rows as _record_rows
+from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui.attention import _forward_through, select_layers, spatial_self_attention_layers, wrapped_forwards
 from i4vgen_ext.webui.backbone import to_host_video
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i4vgen_ext.rankers import RankerLoadError, load_ranker, load_ranker_with_fallback
 from i4vgen_ext.core.stages import select_anchor
+from i4vgen_ext.rankers import RankerLoadError, load_ranker, load_ranker_with_fallback
 
 from .ranker_fixtures import TinyImageReward, bert_vocab, write_imagereward
 from .ranker_reference import reference_rewards, torchvision_like_transform

@@ -11,12 +11,19 @@ import pytest
 import torch
 
 import i4vgen_ext.rankers as rankers
+from i4vgen_ext.core.stages import select_anchor
 from i4vgen_ext.rankers import (
-    NoneRanker, Ranker, RankerLoadError, available_rankers, cached_rankers, load_ranker, load_ranker_with_fallback,
-    register_ranker, unload_cached,
+    NoneRanker,
+    Ranker,
+    RankerLoadError,
+    available_rankers,
+    cached_rankers,
+    load_ranker,
+    load_ranker_with_fallback,
+    register_ranker,
+    unload_cached,
 )
 from i4vgen_ext.rankers.base import DeviceSession
-from i4vgen_ext.core.stages import select_anchor
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from i4vgen_ext.cli import main
+from i4vgen_ext.standalone.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_n_differs_from_f_and_small_f(tmp_path):
 
 
 def test_bad_settings_fail_before_model_work(tmp_path, capsys, monkeypatch):
-    import i4vgen_ext.generate as job
+    import i4vgen_ext.standalone.generate as job
 
     monkeypatch.setattr(job, "_load_backbone", lambda *a: pytest.fail("model loaded despite a bad setting"))
     code, _ = _run(tmp_path, "--regen-strength", "1.5")
@@ -156,7 +156,7 @@ def test_refine_a_video_file_of_odd_size(tmp_path):
 
 
 def test_missing_ranker_weights_fail_fast_with_the_named_error(tmp_path, capsys, monkeypatch):
-    import i4vgen_ext.generate as job
+    import i4vgen_ext.standalone.generate as job
 
     monkeypatch.setattr(job, "_load_backbone", lambda *a: pytest.fail("model loaded before the ranker failed"))
     code, out = _run(tmp_path, "--ranker", "imagereward", "--ranker-path", str(tmp_path / "nowhere"))

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from i4vgen_ext.cli import main
+from i4vgen_ext.standalone.cli import main
 
 from ..cli_helpers import cli_error
 
@@ -22,7 +22,7 @@ def _demo_cache(demo_model_dir, monkeypatch):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import i4vgen_ext.generate as job
+    import i4vgen_ext.standalone.generate as job
 
     monkeypatch.setattr(job, "_load_backbone", lambda *a: pytest.fail("model loaded despite a bad setting"))
 

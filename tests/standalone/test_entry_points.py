@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from i4vgen_ext.cli import main
 from i4vgen_ext.core.compose import call_plan, plan_run
 from i4vgen_ext.core.settings import I4VGenSettings
+from i4vgen_ext.standalone.cli import main
 
 FRAMES, CANDIDATES, STEPS = 2, 2, 6
 MODES = [("i4vgen", False), ("i4vgen", True), ("plain", False), ("i4vgen+evs", False), ("plain+evs", False)]

@@ -18,8 +18,8 @@ from i4vgen_ext.backbones import tiny
 from i4vgen_ext.backbones.checkpoint_io import UntrustedPickleError, read_checkpoint
 from i4vgen_ext.backbones.loading import load_motion_adapter
 from i4vgen_ext.backbones.lora import fuse_lora, lora_targets
-from i4vgen_ext.cli import main
 from i4vgen_ext.errors import LoraFileError, ModelFileError
+from i4vgen_ext.standalone.cli import main
 
 from ..cli_helpers import cli_error
 

@@ -31,8 +31,14 @@ TEXT_DIM = IMAGE_DIM = 16  # the UNet projects the CLIP image embedding from cro
 def build_tiny_i2vgen_xl(folder: Path, *, prediction_type: str = "v_prediction") -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline
     from diffusers.models.unets import I2VGenXLUNet
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer-src", merges=0))
     vocab = len(tokenizer)
@@ -351,7 +357,7 @@ def test_a_given_image_latent_is_the_condition_and_the_anchor(backbone, image):
 def test_cli_generate_with_the_i2vgen_xl_backbone(model_dir, image, tmp_path):
     import json
 
-    from i4vgen_ext.cli import main
+    from i4vgen_ext.standalone.cli import main
 
     src = tmp_path / "photo.png"
     image.save(src)

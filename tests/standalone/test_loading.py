@@ -12,8 +12,14 @@ from safetensors.torch import load_file, save_file
 from i4vgen_ext.backbones import configs
 from i4vgen_ext.backbones.checkpoint_io import UntrustedPickleError, read_checkpoint
 from i4vgen_ext.backbones.diffusers_backbone import DiffusersBackbone
-from i4vgen_ext.backbones.tiny import (DEMO_NAME, build_demo_model, ensure_demo_model, read_demo_marker,
-                                       weights_digest, write_single_file_fixtures)
+from i4vgen_ext.backbones.tiny import (
+    DEMO_NAME,
+    build_demo_model,
+    ensure_demo_model,
+    read_demo_marker,
+    weights_digest,
+    write_single_file_fixtures,
+)
 
 pytestmark = pytest.mark.standalone
 
@@ -273,8 +279,7 @@ def test_full_size_sd15_checkpoint_and_mm_v2_load_offline(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from i4vgen_ext.backbones.clip_tokenizer import find_open_clip_bpe
-    from i4vgen_ext.backbones.ldm_convert import (motion_adapter_to_original, text_encoder_to_ldm, unet_to_ldm,
-                                                  vae_to_ldm)
+    from i4vgen_ext.backbones.ldm_convert import motion_adapter_to_original, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
 
     if find_open_clip_bpe() is None:
         pytest.skip("a real SD1.5 checkpoint needs the CLIP vocabulary (open_clip_torch)")

@@ -194,7 +194,7 @@ def test_evs_with_sfi_costs_the_same_calls_and_changes_the_result(demo_backbone,
 
 
 def test_cli_refine_with_sfi(tmp_path, demo_model_dir, monkeypatch):
-    from i4vgen_ext.cli import main
+    from i4vgen_ext.standalone.cli import main
 
     monkeypatch.setenv("I4VGEN_CACHE", str(demo_model_dir.parent))
     out = tmp_path / "out"
@@ -209,7 +209,7 @@ def test_cli_refine_with_sfi(tmp_path, demo_model_dir, monkeypatch):
         "evs_image": 3, "evs_video": 2, "evs_inversion": 2}
 
 def test_cli_rejects_sfi_without_inversion(tmp_path, capsys):
-    from i4vgen_ext.cli import main
+    from i4vgen_ext.standalone.cli import main
 
     code = main(["generate", "--mode", "plain+evs", "--prompt", "a cat", "--out", str(tmp_path / "x"), "--quiet",
                  "--evs-sfi"])

@@ -2,9 +2,9 @@
 sd-webui-animatediff and sd-webui-controlnet load, so that a live server can run our extension offline: a checkpoint
 in the original LDM key layout (models/Stable-diffusion/random-sd15.safetensors), an AnimateDiff v2 motion module
 (extensions/sd-webui-animatediff/model/mm_sd_v15_v2.safetensors, with v1, v3 and AnimateLCM-shaped ones beside it),
-a ControlNet in the original ``control_model.``
-layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small kohya LoRA
-(models/Lora/random-lora.safetensors) and a motion LoRA for the v2 module (models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
+a ControlNet in the original ``control_model.`` layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small
+kohya LoRA (models/Lora/random-lora.safetensors) and a motion LoRA for the v2 module
+(models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
 config in the Hugging Face cache layout, which the WebUI reads when it builds the model (start it with HF_HOME set to
 that folder). The same seed writes the same files. Weights are stored in fp16 (the WebUI upcasts them under
 ``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR [--hf-home DIR] [--seed N]``.
@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from i4vgen_ext.backbones.clip_tokenizer import write_clip_tokenizer  # noqa: E402
 from i4vgen_ext.backbones.configs import MM_V1, MM_V2, MM_V3, SD15_TEXT, SD15_UNET, SD15_VAE, UNET_PREFIX  # noqa: E402
-from i4vgen_ext.backbones.ldm_convert import (motion_adapter_to_original, text_encoder_to_ldm,  # noqa: E402
-                                              unet_to_ldm, vae_to_ldm)
+from i4vgen_ext.backbones.ldm_convert import motion_adapter_to_original, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm  # noqa: E402
 
 CLIP_REPO = "openai/clip-vit-large-patch14"
 CLIP_REVISION = "0" * 40  # any fixed snapshot name: the cache's refs/main points at it

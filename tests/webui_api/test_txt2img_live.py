@@ -12,10 +12,20 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
-from .client import PNG_MAGIC, StepClock, WebUI, encode_png, gif_frames, gif_sizes, i4vgen_record, infotext_params, parse_record, \
-    png_image, same_pixels
-from .conftest import CANDIDATES, FRAMES, PROMPT, SIZE, STEPS, assert_video, motion_module_files, \
-    motion_module_folder
+from .client import (
+    PNG_MAGIC,
+    StepClock,
+    WebUI,
+    encode_png,
+    gif_frames,
+    gif_sizes,
+    i4vgen_record,
+    infotext_params,
+    parse_record,
+    png_image,
+    same_pixels,
+)
+from .conftest import CANDIDATES, FRAMES, PROMPT, SIZE, STEPS, assert_video, motion_module_files, motion_module_folder
 
 TXT2IMG = "/sdapi/v1/txt2img"
 K = int(STEPS * 0.6) + 1  # NI-VSDS iterations, official preset (nivsds_fraction 0.6)

@@ -5,8 +5,8 @@ Shaped like ldm's ``LatentDiffusion`` as A1111 uses it: ``model.diffusion_model`
 ``openaimodel.UNetModel`` (so AnimateDiff's stand-in injects its motion layers at the real indices): a res block in
 each, ldm ``SpatialTransformer``s (``ldm/modules/attention.py``, with ``transformer_blocks.0.attn1`` a
 ``CrossAttention``) in input blocks 1, 7, middle block 1 and output blocks 3, 9 (the highest and the lowest resolution
-with attention, one per side; SD1.5 has them in input blocks 1, 2, 4, 5, 7, 8 and output blocks 3-11), ``Downsample`` alone in input blocks
-3, 6, 9 and ``Upsample`` last in output blocks 2, 5, 8 (8x8 latents run at 8x8, 4x4, 2x2 and 1x1; no skip
+with attention, one per side; SD1.5 has them in input blocks 1, 2, 4, 5, 7, 8 and output blocks 3-11), ``Downsample``
+alone in input blocks 3, 6, 9 and ``Upsample`` last in output blocks 2, 5, 8 (8x8 latents run at 8x8, 4x4, 2x2 and 1x1; no skip
 connections). ``apply_model(x, t, cond={"c_crossattn": [...]})`` returns eps,
 ``alphas_cumprod``/``alphas_cumprod_original`` hold SD's scaled-linear schedule, ``get_learned_conditioning`` is a
 tiny hashed text encoder, ``decode_first_stage`` a tiny VAE decoder, ``encode_first_stage`` /
@@ -21,10 +21,9 @@ import zlib
 from types import SimpleNamespace
 
 import torch
-from torch import nn
-
 from ldm.modules.attention import SpatialTransformer
 from modules import extra_networks, shared
+from torch import nn
 
 CHANNELS = 8
 HEADS = 2

@@ -7,7 +7,6 @@ import json
 import re
 
 import gradio as gr
-
 from modules import script_callbacks
 
 type_of_gr_update = type(gr.update())

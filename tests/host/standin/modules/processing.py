@@ -13,14 +13,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import modules.shared as shared
 import numpy as np
 import torch
-from PIL import Image
-
 from modules import devices, extra_networks, infotext_utils, prompt_parser, rng, scripts, sd_models, sd_samplers
 from modules.sd_samplers_common import decode_first_stage
 from modules.shared import opts, state
-import modules.shared as shared
+from PIL import Image
 
 opt_C = 4
 opt_f = 8
@@ -118,7 +117,7 @@ class StableDiffusionProcessing:
         self.script_args = self.script_args or {}
 
     @property
-    def sd_model(self):
+    def sd_model(self):  # noqa: F811 - the real class shadows its dataclass field the same way
         return shared.sd_model
 
     @sd_model.setter

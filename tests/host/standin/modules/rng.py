@@ -2,7 +2,6 @@
 one CPU generator per seed; ``first()`` is the seeded noise, ``next()`` returns it first and then fresh draws
 from the same generators (re-seeded by ``eta_noise_seed_delta`` after ``first``)."""
 import torch
-
 from modules import shared
 
 

@@ -4,9 +4,8 @@
 ``scaled_dot_product_attention_forward``: q from ``to_q(x)``, k/v from ``to_k``/``to_v`` of the hypernetwork-applied
 context, heads split as (batch, heads, tokens, head_dim), ``opts.upcast_attn`` casting to float, torch's
 ``scaled_dot_product_attention``, ``to_out[0]`` then ``to_out[1]``. The model's ``AttnBlock`` is not modelled."""
-import torch
-
 import ldm.modules.attention
+import torch
 from ldm.util import default
 from modules import shared
 from modules.hypernetworks import hypernetwork

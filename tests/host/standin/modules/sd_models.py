@@ -1,6 +1,7 @@
 """Follows ``modules/sd_models.py`` ``apply_alpha_schedule_override`` (called before every ``p.sample``) and
 ``reload_model_weights`` and ``SkipWritingToConfig``."""
 import contextlib
+
 from modules import shared
 
 

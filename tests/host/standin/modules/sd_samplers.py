@@ -1,6 +1,6 @@
 """Follows ``modules/sd_samplers.py``: ``all_samplers_map``, ``find_sampler_config``, ``create_sampler(name, model)``
 (constructs the sampler, sets ``.config``)."""
-from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_samplers_timesteps
+from modules import sd_samplers_kdiffusion, sd_samplers_timesteps
 
 all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion, *sd_samplers_timesteps.samplers_data_timesteps]
 all_samplers_map = {x.name: x for x in all_samplers}

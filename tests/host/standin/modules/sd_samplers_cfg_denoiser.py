@@ -3,7 +3,6 @@ s_min_uncond, image_cond)``: interrupt check, ``reconstruct_*_batch`` at ``self.
 x], ``cfg_denoiser_callback`` (where AnimateDiff hooks in), one ``inner_model`` call with
 ``{"c_crossattn": [...], "c_concat": [...]}`` under ``batch_cond_uncond``, ``combine_denoised``, ``step += 1``."""
 import torch
-
 from modules import prompt_parser, sd_samplers_common
 from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 from modules.shared import opts, state

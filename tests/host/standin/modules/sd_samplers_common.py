@@ -4,9 +4,8 @@ catching the interrupt and returning ``last_latent``, ``initialize``), ``decode_
 import inspect
 from collections import namedtuple
 
-import torch
-
 import k_diffusion.sampling
+import torch
 from modules import shared
 from modules.shared import opts, state
 

@@ -3,8 +3,6 @@
 ``sample``/``sample_img2img``) and ``sd_samplers_timesteps_impl.ddim`` (``len(timesteps) - 1`` evaluations, the
 model's ``alphas_cumprod`` read at call time)."""
 import torch
-
-import k_diffusion.sampling
 from modules import devices, sd_samplers_common, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 

@@ -6,9 +6,8 @@ head); ``FeedForward``; ``BasicTransformerBlock`` (``attn1`` self-attention, ``a
 ``proj_out``, residual). A1111 replaces ``CrossAttention.forward`` at class level with its optimized forward
 (``modules/sd_hijack_optimizations.py``). Tiny bodies: gradient checkpointing is left out (nothing here trains)."""
 import torch
-from torch import einsum, nn
-
 from ldm.util import default, exists
+from torch import einsum, nn
 
 
 class FeedForward(nn.Module):

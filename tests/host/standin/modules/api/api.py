@@ -5,7 +5,7 @@ tuple(...)``, ``process_images`` inside ``state.begin``/``end``, ``info = proces
 import base64
 import io
 
-from modules import processing, scripts
+from modules import processing
 from modules.shared import state
 
 

@@ -2,10 +2,9 @@
 context width to a (k, v) pair of modules applied to the context), ``apply_hypernetworks(hypernetworks, context,
 layer=None)`` -> (context_k, context_v), and ``attention_CrossAttention_forward``, the hypernetwork-aware plain
 attention that A1111's ``SdOptimization.undo`` puts back on ``CrossAttention``."""
-from torch import einsum
-
 from ldm.util import default
 from modules import shared
+from torch import einsum
 
 
 def apply_single_hypernetwork(hypernetwork, context_k, context_v, layer=None):

@@ -3,7 +3,6 @@ returns a one-element tuple with ``gr.State(value=AnimateDiffProcess)``; ``befor
 always calls ``set_ad_params``, and when enabled injects, ``set_p``s, parses prompt travel and writes the ``AnimateDiff`` infotext;
 ``postprocess`` restores and writes the outputs. Registers its CFG-denoiser hook at import."""
 import gradio as gr
-
 from modules import script_callbacks, scripts
 from scripts.animatediff_infv2v import AnimateDiffInfV2V
 from scripts.animatediff_mm import mm_animatediff as motion_module

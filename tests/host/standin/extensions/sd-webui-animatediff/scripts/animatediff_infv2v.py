@@ -7,7 +7,6 @@ uncond rows as ``context + video_length`` under ``batch_cond_uncond`` and writin
 from types import MethodType
 
 import torch
-
 from modules import shared
 from scripts.animatediff_mm import mm_animatediff as motion_module
 

@@ -4,7 +4,6 @@ assert; v2 -> middle_block.insert(-1); input_blocks[1,2,4,5,7,8,10,11].append; o
 idx % 3 == 2 and idx != 11 else append; ``_set_ddim_alpha`` replacing both alphas attributes with linear betas
 0.00085..0.012), ``restore`` (the exact inverse, then unload under lowvram)."""
 import torch
-
 from motion_module import MotionModuleType, MotionWrapper
 
 MODELS = {  # file name -> type, standing in for the files in the model folder

@@ -6,8 +6,8 @@ from typing import List, Optional, Tuple
 
 from PIL import Image, ImageSequence
 
-from .core.anchor_image import fit_to_video, to_rgb8, too_many_pixels
-from .core.settings import SettingsError
+from ..core.anchor_image import fit_to_video, to_rgb8, too_many_pixels
+from ..core.settings import SettingsError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

@@ -9,16 +9,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .core.anchor_image import fit_to_video, load_anchor_image
-from .core.compose import STAGE_LABELS, plan_run, run_mode, seeded_noises
-from .core.denoiser import StepEvent
-from .core.evs import draw_evs_noises
-from .core.noise import seeded_generator
-from .core.settings import I4VGenSettings, SettingsError
+from ..core.anchor_image import fit_to_video, load_anchor_image
+from ..core.compose import STAGE_LABELS, plan_run, run_mode, seeded_noises
+from ..core.denoiser import StepEvent
+from ..core.evs import draw_evs_noises
+from ..core.noise import seeded_generator
+from ..core.settings import I4VGenSettings
+from ..errors import Interrupted, SettingsError
 from .outputs import OutputSet, candidates_sheet, save_latents, write_video
 
 
@@ -61,14 +62,6 @@ class RefineJob:
     model: ModelSpec
     output: OutputSpec
     max_frames: Optional[int] = None
-
-
-class Interrupted(Exception):
-    """Ctrl-C during a job; names the stage it stopped in. Nothing was written."""
-
-    def __init__(self, stage: str):
-        self.stage = stage
-        super().__init__(f"interrupted during {stage}, nothing written")
 
 
 @dataclass
@@ -302,7 +295,7 @@ def refine(job: RefineJob) -> Path:
         steps = evs.progress_steps(settings.steps)
         tracker.plan = list(steps)
         with _progress(sum(steps.values()), output.quiet, tracker) as bar, tracker("evs"):
-            from .core.evs import evs_refine
+            from ..core.evs import evs_refine
 
             noises = draw_evs_noises(generator, tuple(video.shape), fresh_bridge_noise=evs.fresh_bridge_noise)
             refined = evs_refine(denoiser, video, noises, evs, inversion_denoiser=_inverter(backbone, settings, evs),
@@ -350,12 +343,12 @@ def _load_backbone(spec: ModelSpec):
     _quiet_library_progress()
     try:
         if spec.backbone == "i2vgen-xl":
-            from .backbones.i2vgen_xl import I2VGenXLBackbone
+            from ..backbones.i2vgen_xl import I2VGenXLBackbone
 
             if not spec.model:
                 raise SettingsError("model", None, "an I2VGen-XL diffusers folder (or hub id when online)")
             return I2VGenXLBackbone.load(spec.model, device=spec.device, dtype=dtype)
-        from .backbones.diffusers_backbone import DiffusersBackbone
+        from ..backbones.diffusers_backbone import DiffusersBackbone
     except ModuleNotFoundError as error:
         if error.name and error.name.split(".")[0] in ("diffusers", "transformers", "accelerate"):
             raise ModuleNotFoundError(
@@ -383,7 +376,7 @@ def _load_ranker(settings: I4VGenSettings, device: str):
         return None, "manual"
     if settings.ranker == "none":
         return None, "none"
-    from .rankers import load_ranker_with_fallback
+    from ..rankers import load_ranker_with_fallback
 
     ranker, label = load_ranker_with_fallback(
         settings.ranker, settings.ranker_path or None, fallback=settings.ranker_fallback, device=device,

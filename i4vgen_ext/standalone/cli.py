@@ -8,9 +8,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
-from .core.settings import FIELD_BY_NAME, FIELDS, IMAGE, PRESETS, I4VGenSettings, SettingsError
+from ..core.settings import FIELD_BY_NAME, FIELDS, IMAGE, I4VGenSettings
+from ..errors import I4VGenError, Interrupted, SettingsError, cli_line
 from .outputs import VIDEO_FORMATS
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -172,7 +173,7 @@ def generate_job(args: argparse.Namespace):
     names = [f.name for f in FIELDS if f.kind is not IMAGE and f.name != "preset"]
     fixed = {}
     if model.backbone == "i2vgen-xl":
-        from .backbones.i2vgen_xl import DEFAULTS as I2V_DEFAULTS  # unset flags take I2VGen-XL's own defaults
+        from ..backbones.i2vgen_xl import DEFAULTS as I2V_DEFAULTS  # unset flags take I2VGen-XL's own defaults
 
         fixed = {"steps": args.steps or I2V_DEFAULTS["steps"],
                  "guidance": I2V_DEFAULTS["guidance"] if args.guidance is None else args.guidance}
@@ -193,8 +194,7 @@ def refine_job(args: argparse.Namespace):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .generate import Interrupted, generate, refine
-    from .rankers.base import RankerLoadError
+    from .generate import generate, refine
 
     try:
         if args.command == "generate":
@@ -202,20 +202,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             refine(refine_job(args))
         return 0
-    except SettingsError as err:
-        print(f"i4vgen: error: {err}", file=sys.stderr)
-        return 2
-    except Interrupted as err:
-        print(f"i4vgen: {err}", file=sys.stderr)
-        return 130
+    except (SettingsError, Interrupted) as err:
+        print(f"i4vgen: {cli_line(err)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("i4vgen: interrupted, nothing written", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RankerLoadError) as err:  # a model or ranker that cannot load: says what to do
+        return Interrupted.exit_code
+    except (I4VGenError, ValueError, OSError) as err:  # a model or ranker that cannot load: says what to do
         if os.environ.get("I4VGEN_DEBUG"):
             raise
-        print(f"i4vgen: error: {err}", file=sys.stderr)  # I4VGEN_DEBUG=1 shows the traceback instead
-        return 2
+        line = cli_line(err) if isinstance(err, I4VGenError) else f"error: {err}"
+        print(f"i4vgen: {line}", file=sys.stderr)  # I4VGEN_DEBUG=1 shows the traceback instead
+        return getattr(err, "exit_code", 2)
 
 
 if __name__ == "__main__":
