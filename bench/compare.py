@@ -6,7 +6,8 @@
 
 One process, one loaded model, the same prompt, seed and resolution for every method. First the call costs are
 measured (this is also the warm-up), then R repeats run every method once each, in an order that rotates
-every repeat. Writes the JSON to --json, to bench/results/<model>.json and rebuilds bench/RESULTS.md.
+every repeat. Writes the JSON to --json and to <results-dir>/<model>.json and rebuilds the tables (with
+--update-committed: bench/results/<model>.json and the tables in docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from bench import costmodel  # noqa: E402
 from bench.calibrate import measure_call_costs  # noqa: E402
 from bench.methods import BenchSetup, Method, Outcome, all_methods, evs_methods  # noqa: E402
 from bench.probes import CLOCKS, ComponentProbe, MemoryWindow, diff, now, rss_method, set_clock  # noqa: E402
-from bench.report import write_markdown  # noqa: E402
+from bench.report import COMMITTED_MARKDOWN, write_markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, default=Path("out/bench/RESULTS.md"),
                    help="the table rebuilt from --results-dir (default: out/bench/RESULTS.md)")
     p.add_argument("--update-committed", action="store_true",
-                   help="write into the checkout's bench/results/ and bench/RESULTS.md (the committed tables)")
+                   help="write into the checkout's bench/results/ and docs/benchmark.md's tables (the committed ones)")
     return p
 
 
@@ -409,7 +410,7 @@ def run_notes(device: torch.device) -> List[str]:
 
 def write_outputs(result: Dict[str, Any], args, short: str) -> None:
     if args.update_committed:
-        args.results_dir, args.markdown = HERE / "results", HERE / "RESULTS.md"
+        args.results_dir, args.markdown = HERE / "results", COMMITTED_MARKDOWN
     text = json.dumps(result, indent=2, default=float)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{short}.json").write_text(text, encoding="utf-8")

@@ -1,6 +1,9 @@
-"""bench/RESULTS.md from every bench/results/<model>.json: machine, versions, settings, the table, the targets.
+"""The results tables of docs/benchmark.md from every bench/results/<model>.json: machine, versions, settings, the
+table, the targets, and the live-WebUI cost tables.
 
-``python -m bench.report`` rebuilds RESULTS.md from the stored JSON without rerunning anything; ``--retarget``
+``python -m bench.report`` rebuilds the tables from the stored JSON without rerunning anything. In a document that
+holds the ``BEGIN``/``END`` markers (docs/benchmark.md) only the text between them is replaced, so the hand-written
+cost model and method around them stay; any other file is written whole as a results page of its own. ``--retarget``
 first re-evaluates the targets from the stored measurements (after a change to ``costmodel.py``)."""
 from __future__ import annotations
 
@@ -21,8 +24,12 @@ from .costmodel import (
 HEADER = """# Benchmark results: I4VGen vs plain AnimateDiff vs FreeInit
 
 Written by `bench/compare.py` (one section per `bench/results/<model>.json`; rerun the command shown in a section
-to reproduce it). Cost model, method and how to read the columns: the README's "Speed and memory" section.
+to reproduce it). Cost model, method and how to read the columns: docs/benchmark.md.
 """
+
+BEGIN = "<!-- bench/report.py writes everything from here to the end marker from bench/results/: do not edit -->"
+END = "<!-- end of the tables written by bench/report.py -->"
+COMMITTED_MARKDOWN = Path(__file__).resolve().parents[1] / "docs" / "benchmark.md"
 
 ORDER = ("sd15-random", "tiny")
 
@@ -154,12 +161,34 @@ def load_webui_results(results_dir: Path) -> List[Dict[str, Any]]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results_dir) / "webui").glob("*.json"))]
 
 
+def render_tables(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = ()) -> str:
+    return "\n".join([render_section(r) for r in results] + [render_webui_section(t) for t in webui])
+
+
 def render_markdown(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = ()) -> str:
-    return HEADER + "\n" + "\n".join([render_section(r) for r in results] + [render_webui_section(t) for t in webui])
+    return HEADER + "\n" + render_tables(results, webui)
+
+
+def splice_tables(document: str, tables: str, name: str = "the document") -> str:
+    """``document`` with the text between ``BEGIN`` and ``END`` replaced by ``tables``."""
+    head, marker, rest = document.partition(BEGIN)
+    if not marker or END not in rest:
+        raise ValueError(f"{name}: needs the lines {BEGIN!r} and, after it, {END!r}")
+    return head + BEGIN + "\n\n" + tables.rstrip("\n") + "\n\n" + END + rest.split(END, 1)[1]
 
 
 def write_markdown(results_dir: Path, path: Path) -> Path:
-    path.write_text(render_markdown(load_results(results_dir), load_webui_results(results_dir)), encoding="utf-8")
+    tables = render_tables(load_results(results_dir), load_webui_results(results_dir))
+    path = Path(path)
+    if path.exists():
+        document = path.read_text(encoding="utf-8")
+        if BEGIN in document:
+            path.write_text(splice_tables(document, tables, str(path)), encoding="utf-8")
+            return path
+        if not document.startswith(HEADER.splitlines()[0]):
+            raise ValueError(f"{path} is neither a results page written by bench/report.py nor a document with its "
+                             f"markers ({BEGIN!r} ... {END!r}): not overwritten")
+    path.write_text(HEADER + "\n" + tables, encoding="utf-8")
     return path
 
 
@@ -175,9 +204,10 @@ def main(argv=None) -> None:
     import argparse
 
     here = Path(__file__).resolve().parent
-    parser = argparse.ArgumentParser(description="Rebuild RESULTS.md from the stored results.")
+    parser = argparse.ArgumentParser(description="Rebuild docs/benchmark.md's tables from the stored results.")
     parser.add_argument("--results-dir", type=Path, default=here / "results")
-    parser.add_argument("--markdown", type=Path, default=here / "RESULTS.md")
+    parser.add_argument("--markdown", type=Path, default=COMMITTED_MARKDOWN,
+                        help="a document with the markers (only the tables between them change) or a results page")
     parser.add_argument("--retarget", action="store_true", help="re-evaluate the targets from the stored numbers")
     args = parser.parse_args(argv)
     if args.retarget:

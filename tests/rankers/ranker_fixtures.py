@@ -1,7 +1,7 @@
 """Tiny ranker files written at test time: an ImageReward checkpoint with the real BLIP/BERT key layout at tiny widths,
 a BERT WordPiece vocabulary, and a tiny CLIPModel with a byte-level CLIP tokenizer. Nothing is downloaded.
 
-The ImageReward state dict is built here from the key list of the released file (notes/reward.md §3.1), not from the
+The ImageReward state dict is built here from the key list of the released ImageReward.pt, not from the
 module under test, so a renamed parameter in the module fails the strict load."""
 from __future__ import annotations
 

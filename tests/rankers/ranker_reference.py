@@ -1,6 +1,6 @@
 """ImageReward's reward written out as formulas over a state dict, one image at a time, like the original
 ``inference_rank``: no module from i4vgen_ext is used, so the ranker is checked against an independent statement of
-notes/reward.md §1/§3.1 (BLIP ViT + med BERT with cross-attention + linear head, standardised)."""
+the released model (BLIP ViT + med BERT with cross-attention + linear head, standardised)."""
 from __future__ import annotations
 
 import math

@@ -195,7 +195,7 @@ def test_a_broken_checkpoint_becomes_a_recorded_fallback(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_the_released_key_layout_and_sizes_build_the_full_model() -> None:
     """Full size (1.8 GB of zeros): the released key set loads strictly with the released med_config values and
-    gives the 446.67 M parameters counted on the original package (notes/reward.md §1)."""
+    gives the 446.67 M parameters counted on the original `image-reward` 1.5 package's model."""
     from i4vgen_ext.rankers.imagereward_model import DEFAULT_MED_CONFIG, build_model
 
     from .ranker_fixtures import RELEASED

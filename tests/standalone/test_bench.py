@@ -178,7 +178,7 @@ def test_the_benchmark_writes_outside_the_checkout_unless_asked(tmp_path, monkey
     committed = compare.build_parser().parse_args(["--update-committed"])
     monkeypatch.setattr(compare.Path, "write_text", lambda self, *a, **k: written.append(self))
     compare.write_outputs({"x": 1}, committed, "tiny")
-    assert written[-1] == (REPO / "bench" / "results", REPO / "bench" / "RESULTS.md")
+    assert written[-1] == (REPO / "bench" / "results", REPO / "docs" / "benchmark.md")
 
 
 def test_the_recorded_command_reproduces_the_figures_wherever_they_were_written():
@@ -213,3 +213,41 @@ def test_live_webui_cost_tables_are_rendered_after_the_diffusers_sections(tmp_pa
     assert "| I4VGen, 'official' preset | 55.00 | 2.200 | 2.000 | 1.100 | 11 (anchor 4, nivsds 3, regeneration 4) |" in text
     assert "**r = 0.500**" in text
     assert "within 5% of its call floor: **miss** (1.100)" in text
+
+
+def test_the_tables_go_between_the_markers_and_the_prose_around_them_stays(tmp_path):
+    """docs/benchmark.md is hand-written around the generated tables: a rebuild replaces only what the markers
+    enclose, and a document without them is never overwritten."""
+    sys.path.insert(0, str(REPO))
+    from bench.report import BEGIN, END, write_markdown
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tiny.json").write_text(
+        (REPO / "bench" / "results" / "sd15-random.json").read_text(encoding="utf-8").replace(
+            '"model": "sd15-random"', '"model": "tiny"', 1), encoding="utf-8")
+    doc = tmp_path / "benchmark.md"
+    doc.write_text(f"# Prose before\n\n{BEGIN}\n\nstale table\n\n{END}\n\n## Prose after\n", encoding="utf-8")
+    text = write_markdown(tmp_path / "results", doc).read_text(encoding="utf-8")
+    assert text.startswith(f"# Prose before\n\n{BEGIN}\n\n## `tiny` on cpu (float32)")
+    assert text.endswith(f"{END}\n\n## Prose after\n") and "stale table" not in text
+    assert write_markdown(tmp_path / "results", doc).read_text(encoding="utf-8") == text  # a rebuild is stable
+
+    hand_written = tmp_path / "notes.md"
+    hand_written.write_text("# Mine\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not overwritten"):
+        write_markdown(tmp_path / "results", hand_written)
+    assert hand_written.read_text(encoding="utf-8") == "# Mine\n"
+    doc.write_text(f"# Prose\n\n{BEGIN}\n\nno end marker\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="end of the tables"):
+        write_markdown(tmp_path / "results", doc)
+
+
+def test_the_committed_benchmark_page_holds_the_tables_of_the_committed_results():
+    """docs/benchmark.md's generated part is what ``python -m bench.report`` renders from bench/results/ today."""
+    sys.path.insert(0, str(REPO))
+    from bench.report import BEGIN, END, load_results, load_webui_results, render_tables
+
+    document = (REPO / "docs" / "benchmark.md").read_text(encoding="utf-8")
+    generated = document.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    results = REPO / "bench" / "results"
+    assert generated == render_tables(load_results(results), load_webui_results(results)).strip("\n")
