@@ -36,7 +36,7 @@ test-standalone: $(VENV)/.ok
 test-host: $(HOST)/.ok
 	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host tests/webui_api
 
-# The live suite: a running AUTOMATIC1111 + AnimateDiff + I4VGen at I4VGEN_WEBUI_URL (README, Development).
+# The live suite: a running AUTOMATIC1111 + AnimateDiff + I4VGen at I4VGEN_WEBUI_URL (docs/development.md).
 test-webui: $(VENV)/.ok
 	$(VENV)/bin/pip install -q -e ".[live]"
 	$(VENV)/bin/python -m pytest -v -rs tests/webui_api
