@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .core.settings import FIELD_BY_NAME, FIELDS, IMAGE, PRESETS, I4VGenSettings, SettingsError
 from .outputs import VIDEO_FORMATS
@@ -84,20 +84,28 @@ def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Same as --no-evs-fresh-bridge-noise.")
 
 
+def add_generate_settings(parser: argparse.ArgumentParser, **field_overrides: Dict[str, Any]) -> None:
+    """generate's settings and model flags, except --prompt and the output flags (``i4vgen batch`` shares them)."""
+    for spec in FIELDS:
+        if spec.group in ("generation", "method", "mode", "anchor") and spec.name != "prompt":
+            _add_field(parser, spec.name, **field_overrides.get(spec.name, {}))
+    parser.add_argument("--backbone", default="animatediff", choices=("animatediff", "i2vgen-xl"),
+                        help="Video model family: AnimateDiff (SD1.5 + motion module) or I2VGen-XL (needs "
+                             "--anchor-image).")
+    _add_model_arguments(parser)
+    parser.add_argument("--image-batch-size", type=int, default=None,
+                        help="Memory budget: at most this many candidates per image-mode UNet call (default: all N; "
+                             "each chunk is one more UNet call per step).")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .standalone.batch import add_batch_parser
+
     parser = argparse.ArgumentParser(prog="i4vgen", description="I4VGen text-to-video on AnimateDiff (diffusers).")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="Generate a video with I4VGen.")
     _add_field(g, "prompt", required=True)
-    for spec in FIELDS:
-        if spec.group in ("generation", "method", "mode", "anchor") and spec.name != "prompt":
-            _add_field(g, spec.name)
-    g.add_argument("--backbone", default="animatediff", choices=("animatediff", "i2vgen-xl"),
-                   help="Video model family: AnimateDiff (SD1.5 + motion module) or I2VGen-XL (needs --anchor-image).")
-    _add_model_arguments(g)
-    g.add_argument("--image-batch-size", type=int, default=None,
-                   help="Memory budget: at most this many candidates per image-mode UNet call (default: all N; "
-                        "each chunk is one more UNet call per step).")
+    add_generate_settings(g)
     _add_output_arguments(g)
     _add_evs_arguments(g)
 
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(r)
     _add_output_arguments(r)
     _add_evs_arguments(r)
+    add_batch_parser(sub)
     return parser
 
 
@@ -197,6 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .rankers.base import RankerLoadError
 
     try:
+        if args.command == "batch":
+            from .standalone.batch import run_batch
+
+            return run_batch(args)
         if args.command == "generate":
             generate(generate_job(args))
         else:

@@ -15,3 +15,7 @@ class LoraFileError(ModelFileError):
 
 class MissingDependencyError(ImportError, ValueError):
     """A package the standalone backbone needs is not installed (a core-only install)."""
+
+
+class PromptFileError(ValueError):
+    """A line of an ``i4vgen batch`` prompt file that cannot run; the message names the file and the line."""
