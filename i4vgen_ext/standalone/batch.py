@@ -106,6 +106,7 @@ class _Runner:
     def run(self, mine: List[Sample]) -> int:
         if not mine:
             return 0
+        self.loads_before = dict(LOAD_COUNTS)
         models = load_models(mine[0].job.model, _ranker_settings(mine))
         if models.backbone.description.get("demo"):
             self.say(f"i4vgen: {self.prefix}using the {models.backbone.description['name']}; pass --model for "
@@ -146,8 +147,7 @@ class _Runner:
                 "scores": run["scores"], "ranker": run["ranker"], "unet_calls": run["unet_calls"],
                 "seconds": round(time.perf_counter() - started, 3), "stage_seconds": run["seconds"],
                 "mode": run["mode"], "settings": run["settings"], "plan": self.plans[file_name],
-                "process": {"index": self.rank, "count": self.processes, "model_loads": LOAD_COUNTS["model"],
-                            "ranker_loads": LOAD_COUNTS["ranker"]},
+                "process": {"index": self.rank, "count": self.processes, **self._loads()},
             }
             self.folder.land(work / f"video.{self.args.format}", file_name, record)
         finally:
@@ -155,6 +155,11 @@ class _Runner:
         anchor = "" if run["anchor_index"] is None else f"anchor {run['anchor_index']}, "
         self.say(f"i4vgen: {self.prefix}wrote {file_name} (seed {run['seed']}, {anchor}"
                  f"{run['unet_calls']['total']} UNet calls, {record['seconds']:.1f} s)")
+
+
+    def _loads(self) -> Dict[str, int]:
+        """Models and rankers this batch has loaded in this process so far (counted where they load)."""
+        return {f"{kind}_loads": LOAD_COUNTS[kind] - self.loads_before[kind] for kind in ("model", "ranker")}
 
 
 class _StopAfterSample:
