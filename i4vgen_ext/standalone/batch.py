@@ -7,8 +7,6 @@ runs them one by one on its own device. A sample's seed comes from the suite alo
 is the same whichever process runs it and whether or not the suite was resumed."""
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
 import hashlib
 import json
@@ -16,74 +14,57 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from ..cli import FPS_MAX, _add_evs_arguments, _specs, add_generate_settings, generate_job
 from ..core.settings import SEED_MAX, SettingsError
-from ..generate import LOAD_COUNTS, Interrupted, generate, load_models, needs_ranker
-from ..outputs import VIDEO_FORMATS
+from ..generate import LOAD_COUNTS, GenerateJob, Interrupted, generate, load_models, needs_ranker
 from .batch_folder import BatchFolder
 from .suite import Sample, read_suite
 
 
-def add_batch_parser(sub: Any) -> None:
-    b = sub.add_parser("batch", help="Generate a whole prompt suite into one folder (resumable, multi-GPU).",
-                       description="Every prompt of FILE, --samples-per-prompt times, as {prompt}-{index}.mp4 in "
-                                   "DIR plus one batch.jsonl line each. A rerun resumes. Several GPUs: "
-                                   "accelerate launch --num_processes N -m i4vgen_ext batch ...")
-    b.add_argument("--prompts", required=True, type=Path, metavar="FILE",
-                   help="One prompt a line, or (a .jsonl file) one JSON object a line: prompt, and optionally "
-                        "negative_prompt, seed, name and generate's settings for that line.")
-    b.add_argument("--out", required=True, type=Path, metavar="DIR", help="The flat output folder.")
-    b.add_argument("--samples-per-prompt", type=int, default=1, metavar="N",
-                   help="Videos per prompt, {prompt}-0 .. {prompt}-(N-1) (VBench asks for 5). Default 1.")
-    add_generate_settings(b, seed=dict(
-        default=0, help=f"Base seed: sample k of the p-th prompt (from 0) gets seed + p * N + k (mod 2^32); a "
-                        f"line's own seed s gives s + k. Allowed: an integer in [0, {SEED_MAX}]. Default 0."))
-    b.add_argument("--format", default="mp4", choices=VIDEO_FORMATS, help="Video format of every sample (mp4).")
-    b.add_argument("--fps", type=float, default=8.0, help=f"Frames per second, in (0, {FPS_MAX:g}] (default 8).")
-    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: each process on its accelerator (cuda:<local rank>) if there is one, else the CPU.")
-    b.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                   help="Model dtype (latents stay float32).")
-    b.add_argument("--quiet", action="store_true", help="No progress bar, no line per sample.")
-    _add_evs_arguments(b)
+@dataclass(frozen=True)
+class BatchJob:
+    prompts: Path
+    out: Path
+    samples_per_prompt: int
+    base_seed: int
+    fmt: str  # one of outputs.VIDEO_FORMATS
+    make_job: Callable[[Dict[str, Any]], GenerateJob]  # a line's values -> its generate job (SettingsError if bad)
+    quiet: bool = False
 
 
-def run_batch(args: argparse.Namespace) -> int:
+def run_batch(batch: BatchJob) -> int:
     """Exit status: 0 every sample of the suite complete, 130 stopped by Ctrl-C (rerun to resume)."""
-    if args.samples_per_prompt < 1:
-        raise SettingsError("samples_per_prompt", args.samples_per_prompt, "an integer >= 1")
-    if args.seed is None or args.seed < 0:
-        raise SettingsError("seed", args.seed, f"an integer in [0, {SEED_MAX}] (a batch's seeds are fixed)")
-    device = _resolve_device(args.device)
-    template = argparse.Namespace(**vars(args))
-    template.device, template.save_latents, template.quiet, template.prompt = device, False, True, None
-    _specs(template)  # the command line's own flags (fps, LoRA files) fail here, not as a line's fault
-    samples = read_suite(args.prompts, samples_per_prompt=args.samples_per_prompt, base_seed=args.seed,
-                         fmt=args.format, make_job=lambda values: _line_job(template, values))
+    if batch.samples_per_prompt < 1:
+        raise SettingsError("samples_per_prompt", batch.samples_per_prompt, "an integer >= 1")
+    if not 0 <= batch.base_seed <= SEED_MAX:
+        raise SettingsError("seed", batch.base_seed, f"an integer in [0, {SEED_MAX}] (a batch's seeds are fixed)")
+    samples = read_suite(batch.prompts, samples_per_prompt=batch.samples_per_prompt, base_seed=batch.base_seed,
+                         fmt=batch.fmt, make_job=batch.make_job)
     # Every line is good: from here on model work may start.
     from accelerate import PartialState
 
+    device = samples[0].job.model.device
     state = PartialState(cpu=device == "cpu")
     if device == "cuda":
         import torch
 
         torch.cuda.set_device(state.device)  # "cuda" in this process now means its own GPU
-    folder = BatchFolder(args.out)
-    plans = {s.file_name(args.format): plan_digest(s, args.format) for s in samples}
+    folder = BatchFolder(batch.out)
+    plans = {s.file_name(batch.fmt): plan_digest(s, batch.fmt) for s in samples}
     if state.is_main_process:
         folder.prepare(plans)
     state.wait_for_everyone()
     finished = folder.finished(plans)
-    todo = [s for s in samples if s.file_name(args.format) not in finished]
+    todo = [s for s in samples if s.file_name(batch.fmt) not in finished]
     with state.split_between_processes(todo) as share:
         mine = list(share)
-    runner = _Runner(args, folder, plans, state.process_index, state.num_processes,
-                     show_bar=state.is_main_process and not args.quiet)
+    runner = _Runner(batch, folder, plans, state.process_index, state.num_processes,
+                     show_bar=state.is_main_process and not batch.quiet)
     if state.is_main_process:
-        runner.say(f"i4vgen: batch of {len(samples)} samples: {len(samples) - len(todo)} complete in {args.out}, "
+        runner.say(f"i4vgen: batch of {len(samples)} samples: {len(samples) - len(todo)} complete in {batch.out}, "
                    f"{len(todo)} to run over {state.num_processes} process(es)")
     return runner.run(mine)
 
@@ -91,14 +72,14 @@ def run_batch(args: argparse.Namespace) -> int:
 class _Runner:
     """One process's share, sample after sample, with one model load."""
 
-    def __init__(self, args: argparse.Namespace, folder: BatchFolder, plans: Dict[str, str], rank: int,
-                 processes: int, show_bar: bool) -> None:
-        self.args, self.folder, self.plans = args, folder, plans
+    def __init__(self, batch: BatchJob, folder: BatchFolder, plans: Dict[str, str], rank: int, processes: int,
+                 show_bar: bool) -> None:
+        self.batch, self.folder, self.plans = batch, folder, plans
         self.rank, self.processes, self.show_bar = rank, processes, show_bar
         self.prefix = f"[{rank}/{processes}] " if processes > 1 else ""
 
     def say(self, text: str) -> None:
-        if not self.args.quiet:
+        if not self.batch.quiet:
             from tqdm import tqdm
 
             tqdm.write(text, file=sys.stderr)
@@ -134,7 +115,7 @@ class _Runner:
         return 0
 
     def _one(self, sample: Sample, models) -> None:
-        file_name = sample.file_name(self.args.format)
+        file_name = sample.file_name(self.batch.fmt)
         work = self.folder.work_folder(file_name)
         job = dataclasses.replace(sample.job, output=dataclasses.replace(sample.job.output, out=work))
         started = time.perf_counter()
@@ -149,7 +130,7 @@ class _Runner:
                 "mode": run["mode"], "settings": run["settings"], "plan": self.plans[file_name],
                 "process": {"index": self.rank, "count": self.processes, **self._loads()},
             }
-            self.folder.land(work / f"video.{self.args.format}", file_name, record)
+            self.folder.land(work / f"video.{self.batch.fmt}", file_name, record)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         anchor = "" if run["anchor_index"] is None else f"anchor {run['anchor_index']}, "
@@ -194,14 +175,6 @@ def plan_digest(sample: Sample, fmt: str) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _line_job(template: argparse.Namespace, values: Dict[str, Any]):
-    """The generate job of the command line's settings with one line's values over them."""
-    args = copy.copy(template)
-    for key, value in values.items():
-        setattr(args, key, value)
-    return generate_job(args)
-
-
 def _ranker_settings(samples: List[Sample]) -> Optional[Any]:
     """The settings to load the ranker with, if any of these samples ranks candidates (the ranker's own settings
     are the command line's, the same for every line)."""
@@ -213,7 +186,8 @@ def _ranker_settings(samples: List[Sample]) -> Optional[Any]:
     return None
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """auto: cuda when a GPU is visible (each process then takes its own), else cpu."""
     import torch
 
     if device == "auto":
