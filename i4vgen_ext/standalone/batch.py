@@ -54,9 +54,17 @@ def run_batch(batch: BatchJob) -> int:
         torch.cuda.set_device(state.device)  # "cuda" in this process now means its own GPU
     folder = BatchFolder(batch.out)
     plans = {s.file_name(batch.fmt): plan_digest(s, batch.fmt) for s in samples}
+    failed: Optional[OSError] = None
     if state.is_main_process:
-        folder.prepare(plans)
+        try:
+            folder.prepare(plans)
+        except OSError as error:  # raised after the barrier: the other processes must not wait for it forever
+            failed = error
     state.wait_for_everyone()
+    if failed is not None:
+        raise failed
+    if not folder.out.is_dir():
+        raise OSError(f"out = {str(folder.out)!r} could not be made (see the first process's error)")
     finished = folder.finished(plans)
     todo = [s for s in samples if s.file_name(batch.fmt) not in finished]
     with state.split_between_processes(todo) as share:
@@ -137,28 +145,30 @@ class _Runner:
         self.say(f"i4vgen: {self.prefix}wrote {file_name} (seed {run['seed']}, {anchor}"
                  f"{run['unet_calls']['total']} UNet calls, {record['seconds']:.1f} s)")
 
-
     def _loads(self) -> Dict[str, int]:
         """Models and rankers this batch has loaded in this process so far (counted where they load)."""
         return {f"{kind}_loads": LOAD_COUNTS[kind] - self.loads_before[kind] for kind in ("model", "ranker")}
 
 
 class _StopAfterSample:
-    """Ctrl-C (SIGINT) or SIGTERM (a launcher stopping its workers) asks to stop once the running sample is
-    written; a second one stops at once, dropping that sample (nothing of it is written)."""
+    """Ctrl-C (SIGINT) or SIGTERM asks to stop once the running sample is written; a second Ctrl-C stops at once,
+    dropping that sample (nothing of it is written). A SIGTERM never stops at once: torchrun sends one to its
+    workers right after the Ctrl-C they got themselves."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> "_StopAfterSample":
-        self.requested = False
+        self.requested, self.interrupts = False, 0
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        self.interrupts += signum == signal.SIGINT
+        if self.interrupts >= 2:
             raise KeyboardInterrupt
+        if not self.requested:
+            print("i4vgen: stopping after the sample running now (Ctrl-C again: at once)", file=sys.stderr)
         self.requested = True
-        print("i4vgen: stopping after the sample running now (Ctrl-C again: at once)", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

@@ -24,7 +24,7 @@ from ..generate import GenerateJob, check_generate_job
 
 # Loaded once per process from the command line's values, so no line may change them.
 PROCESS_WIDE = ("ranker", "ranker_path", "ranker_fallback")
-LINE_SETTINGS = tuple(f.name for f in FIELDS if f.group in ("generation", "method", "mode", "anchor")
+LINE_SETTINGS = tuple(f.name for f in FIELDS if f.group in ("generation", "method", "mode", "anchor", "evs")
                       and f.name not in PROCESS_WIDE)
 LINE_KEYS = ("name",) + LINE_SETTINGS
 NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems

@@ -93,6 +93,20 @@ def test_a_sample_is_the_video_generate_writes_with_its_seed(reference, tmp_path
     assert (out / "video.mp4").read_bytes() == (reference / "dog on a boat-1.mp4").read_bytes()
 
 
+def test_nothing_of_one_sample_leaks_into_the_next(tmp_path):
+    # EVS with inversion and SFI hooks the shared model during the first sample; the second must not see it.
+    suite = write_suite(tmp_path, [{"prompt": "a cat", "mode": "plain+evs", "evs_inversion": True, "evs_sfi": True,
+                                    "steps": 4}, {"prompt": "a dog"}])
+    out = tmp_path / "out"
+    args = ("--seed", "3", "--ranker", "none", "--frames", "2", "--candidates", "2", "--steps", "2", "--quiet")
+    assert main(["batch", "--prompts", str(suite), "--out", str(out), *args]) == 0
+    assert records(out)[0]["unet_calls"]["evs_inversion"] > 0
+    alone = tmp_path / "alone"  # seed 3 + line 1 * 1 sample + 0
+    assert main(["generate", "--prompt", "a dog", "--seed", "4", "--format", "mp4", "--out", str(alone),
+                 *args[2:]]) == 0
+    assert (alone / "video.mp4").read_bytes() == (out / "a dog-0.mp4").read_bytes()
+
+
 def test_two_processes_run_each_sample_once_and_byte_identical(reference, demo_model_dir, tmp_path):
     suite = write_suite(tmp_path)
     out = tmp_path / "out"
@@ -187,7 +201,7 @@ def test_half_written_and_stale_samples_are_redone(reference, tmp_path, monkeypa
     (['{"prompt": "a cat", "seed": -1}'], "line 1: seed = -1 is not allowed"),
     (['{"prompt": "a cat"}', '["a dog"]'], "line 2: not a JSON object"),
     (['{"prompt": "a cat"}', '{"prompt": "a dog", "mode": "plain", "anchor_image": "x.png"}'], "line 2: anchor_image"),
-    (['{"prompt": "a cat", "evs_strength": 0}'], "line 1: evs_strength = 0"),
+    (['{"prompt": "a cat", "evs_strength": 0}'], "line 1: evs_strength = 0 is not allowed: expected a number in (0, 1]"),
 ])
 def test_bad_lines_stop_before_model_work(tmp_path, capsys, monkeypatch, lines, message):
     import i4vgen_ext.generate as generate_module
