@@ -201,7 +201,8 @@ def test_half_written_and_stale_samples_are_redone(reference, tmp_path, monkeypa
     (['{"prompt": "a cat", "seed": -1}'], "line 1: seed = -1 is not allowed"),
     (['{"prompt": "a cat"}', '["a dog"]'], "line 2: not a JSON object"),
     (['{"prompt": "a cat"}', '{"prompt": "a dog", "mode": "plain", "anchor_image": "x.png"}'], "line 2: anchor_image"),
-    (['{"prompt": "a cat", "evs_strength": 0}'], "line 1: evs_strength = 0 is not allowed: expected a number in (0, 1]"),
+    (['{"prompt": "a cat", "evs_strength": 0}'],
+     "line 1: evs_strength = 0.0 is not allowed: expected a number in (0, 1]"),
 ])
 def test_bad_lines_stop_before_model_work(tmp_path, capsys, monkeypatch, lines, message):
     import i4vgen_ext.generate as generate_module
