@@ -60,6 +60,10 @@ class MissingDependencyError(I4VGenError, ImportError, ValueError):
     """A package the standalone backbone needs is not installed (a core-only install)."""
 
 
+class PromptFileError(I4VGenError, ValueError):
+    """A line of an ``i4vgen batch`` prompt file that cannot run; the message names the file and the line."""
+
+
 class RankerLoadError(I4VGenError, RuntimeError):
     """A ranker could not load. Says which ranker, why, where its files were looked for and how to get them.
 

@@ -1,1 +1,2 @@
-"""The standalone side: the ``i4vgen`` CLI, its typed jobs, outputs and video input, over the diffusers backbones."""
+"""The standalone side on diffusers: the ``i4vgen`` command's jobs (generate, refine, batch), their outputs and
+video input."""

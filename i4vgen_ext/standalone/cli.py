@@ -8,9 +8,9 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..core.settings import FIELD_BY_NAME, FIELDS, IMAGE, I4VGenSettings
+from ..core.settings import FIELD_BY_NAME, FIELDS, IMAGE, SEED_MAX, I4VGenSettings
 from ..errors import I4VGenError, Interrupted, SettingsError, cli_line
 from .outputs import VIDEO_FORMATS
 
@@ -85,20 +85,26 @@ def _add_evs_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Same as --no-evs-fresh-bridge-noise.")
 
 
+def add_generate_settings(parser: argparse.ArgumentParser, **field_overrides: Dict[str, Any]) -> None:
+    """generate's settings and model flags, except --prompt and the output flags (``i4vgen batch`` shares them)."""
+    for spec in FIELDS:
+        if spec.group in ("generation", "method", "mode", "anchor") and spec.name != "prompt":
+            _add_field(parser, spec.name, **field_overrides.get(spec.name, {}))
+    parser.add_argument("--backbone", default="animatediff", choices=("animatediff", "i2vgen-xl"),
+                        help="Video model family: AnimateDiff (SD1.5 + motion module) or I2VGen-XL (needs "
+                             "--anchor-image).")
+    _add_model_arguments(parser)
+    parser.add_argument("--image-batch-size", type=int, default=None,
+                        help="Memory budget: at most this many candidates per image-mode UNet call (default: all N; "
+                             "each chunk is one more UNet call per step).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i4vgen", description="I4VGen text-to-video on AnimateDiff (diffusers).")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="Generate a video with I4VGen.")
     _add_field(g, "prompt", required=True)
-    for spec in FIELDS:
-        if spec.group in ("generation", "method", "mode", "anchor") and spec.name != "prompt":
-            _add_field(g, spec.name)
-    g.add_argument("--backbone", default="animatediff", choices=("animatediff", "i2vgen-xl"),
-                   help="Video model family: AnimateDiff (SD1.5 + motion module) or I2VGen-XL (needs --anchor-image).")
-    _add_model_arguments(g)
-    g.add_argument("--image-batch-size", type=int, default=None,
-                   help="Memory budget: at most this many candidates per image-mode UNet call (default: all N; "
-                        "each chunk is one more UNet call per step).")
+    add_generate_settings(g)
     _add_output_arguments(g)
     _add_evs_arguments(g)
 
@@ -111,7 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(r)
     _add_output_arguments(r)
     _add_evs_arguments(r)
+    _add_batch_parser(sub)
     return parser
+
+
+def _add_batch_parser(sub: Any) -> None:
+    b = sub.add_parser("batch", help="Generate a whole prompt suite into one folder (resumable, several GPUs).",
+                       description="Every prompt of FILE, --samples-per-prompt times, as {prompt}-{index}.mp4 in DIR "
+                                   "plus one batch.jsonl line each; a rerun resumes. Several GPUs: accelerate launch "
+                                   "--num_processes N -m i4vgen_ext batch ... (docs/batch.md).")
+    b.add_argument("--prompts", required=True, type=Path, metavar="FILE",
+                   help="One prompt a line, or (a .jsonl file) one JSON object a line: prompt, and optionally "
+                        "negative_prompt, seed, name and generate's settings for that line.")
+    b.add_argument("--out", required=True, type=Path, metavar="DIR", help="The flat output folder.")
+    b.add_argument("--samples-per-prompt", type=int, default=1, metavar="N",
+                   help="Videos per prompt, {prompt}-0 .. {prompt}-(N-1) (VBench asks for 5). Default 1.")
+    add_generate_settings(b, seed=dict(
+        default=0, help="Base seed: sample k of the p-th prompt (from 0) gets seed + p * N + k (mod 2^32); a line's "
+                        f"own seed s gives s + k. Allowed: an integer in [0, {SEED_MAX}]. Default 0."))
+    b.add_argument("--format", default="mp4", choices=VIDEO_FORMATS, help="Video format of every sample (mp4).")
+    b.add_argument("--fps", type=float, default=8.0, help=f"Frames per second, in (0, {FPS_MAX:g}] (default 8).")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: each process on its own GPU (cuda:<local rank>) if there is one, else the CPU.")
+    b.add_argument("--dtype", default="float32", choices=DTYPES, help="Model dtype (latents stay float32).")
+    b.add_argument("--quiet", action="store_true", help="No progress bar, no line per sample.")
+    _add_evs_arguments(b)
 
 
 def parse_formats(text: str) -> Tuple[str, ...]:
@@ -192,11 +222,32 @@ def refine_job(args: argparse.Namespace):
     return RefineJob(video=args.video, settings=settings, model=model, output=output, max_frames=args.frames)
 
 
+def batch_job(args: argparse.Namespace):
+    """The batch: its own flags, and each line's generate job (the command line's settings, the line's over them)."""
+    from .batch import BatchJob, resolve_device
+
+    template = argparse.Namespace(**vars(args))
+    template.device = resolve_device(args.device)
+    template.prompt, template.save_latents, template.quiet = None, False, True
+    _specs(template)  # the command line's own flags (fps, LoRA files) fail here, not as a line's fault
+
+    def line_job(values: Dict[str, Any]):
+        line_args = argparse.Namespace(**{**vars(template), **values})
+        return generate_job(line_args)
+
+    return BatchJob(prompts=args.prompts, out=args.out, samples_per_prompt=args.samples_per_prompt,
+                    base_seed=args.seed, fmt=args.format, quiet=args.quiet, make_job=line_job)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .generate import generate, refine
 
     try:
+        if args.command == "batch":
+            from .batch import run_batch
+
+            return run_batch(batch_job(args))
         if args.command == "generate":
             generate(generate_job(args))
         else:

@@ -127,9 +127,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
-def generate(job: GenerateJob) -> Path:
-    settings, spec, output = job.settings, job.model, job.output
-    # 1. Check every input before any model work.
+@dataclass
+class LoadedModels:
+    """A backbone and ranker loaded once and shared by many runs (``i4vgen batch``): ``generate(job, models)``."""
+
+    backbone: object
+    ranker: object = None
+    ranker_label: str = "not used"
+
+
+# How many times this process loaded a model / a ranker: ``i4vgen batch`` records them to show it loads once.
+LOAD_COUNTS: Dict[str, int] = {"model": 0, "ranker": 0}
+
+
+def check_generate_job(job: GenerateJob):
+    """Every check of a generate job that needs no model; returns its EVS settings and decoded anchor image."""
+    settings, spec = job.settings, job.model
     evs = settings.evs() if settings.runs_evs else None
     if evs is not None:
         evs.plan(settings.steps)
@@ -141,28 +154,59 @@ def generate(job: GenerateJob) -> Path:
     if job.anchor_image is not None and not settings.runs_i4vgen:
         raise SettingsError("anchor_image", str(job.anchor_image), f"no anchor image with mode {settings.mode}")
     anchor_image = load_anchor_image(job.anchor_image) if job.anchor_image is not None else None
+    return evs, anchor_image
+
+
+def generate(job: GenerateJob, models: Optional[LoadedModels] = None,
+             announce: Callable[[str], None] = print) -> Path:
+    """One run into ``job.output.out``. ``models``: already loaded (a batch); otherwise this run loads its own.
+    ``announce`` receives the one-line messages (demo model, what was written)."""
+    settings, output = job.settings, job.output
+    # 1. Check every input before any model work.
+    evs, anchor_image = check_generate_job(job)
     settings = settings.replace(seed=settings.seed if settings.seed >= 0 else random.randrange(2**32))
     tracker = _Tracker()
     outputs = OutputSet(output.out)
     with _interruptible(tracker, outputs):
-        return _generate(job, settings, evs, anchor_image, tracker, outputs)
+        return _generate(job, settings, evs, anchor_image, tracker, outputs, models, announce)
+
+
+def needs_ranker(settings: I4VGenSettings, anchor_image_given: bool) -> bool:
+    return settings.runs_i4vgen and not anchor_image_given
+
+
+def load_models(spec: ModelSpec, ranker_settings: Optional[I4VGenSettings]) -> LoadedModels:
+    """The ranker (first: missing weights should fail fast) when ``ranker_settings`` rank, then the model."""
+    ranker, label = _load_ranker(ranker_settings, spec.device) if ranker_settings is not None else (None, "not used")
+    return LoadedModels(backbone=_load_backbone(spec), ranker=ranker, ranker_label=label)
+
+
+def _shared_ranker(settings: I4VGenSettings, models: LoadedModels):
+    """The loaded ranker as this run's settings use it (a manual anchor or ranker 'none' scores nothing)."""
+    if settings.anchor_index >= 0:
+        return None, "manual"
+    if settings.ranker == "none":
+        return None, "none"
+    return models.ranker, models.ranker_label
 
 
 def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tracker: _Tracker,
-              outputs: OutputSet) -> Path:
+              outputs: OutputSet, models: Optional[LoadedModels], announce: Callable[[str], None]) -> Path:
     spec, output, seed = job.model, job.output, settings.seed
     # 2. Load the ranker (first: missing weights should fail fast), unless nothing is ranked, then the model.
-    ranked = settings.runs_i4vgen and anchor_image is None
-    with tracker("load_ranker"):
-        ranker, ranker_label = _load_ranker(settings, spec.device) if ranked else (None, "not used")
-    with tracker("load_model"):
-        backbone = _load_backbone(spec)
+    ranked = needs_ranker(settings, anchor_image is not None)
+    if models is None:
+        with tracker("load_ranker"):
+            ranker, ranker_label = _load_ranker(settings, spec.device) if ranked else (None, "not used")
+        with tracker("load_model"):
+            backbone = _load_backbone(spec)
+        if backbone.description.get("demo"):
+            announce(f"i4vgen: using the {backbone.description['name']}; pass --model for real videos")
+    else:
+        backbone = models.backbone
+        ranker, ranker_label = _shared_ranker(settings, models) if ranked else (None, "not used")
     width, height = backbone.default_size
     settings = settings.replace(width=settings.width or width, height=settings.height or height)
-    if backbone.description.get("demo"):
-        print(f"i4vgen: using the {backbone.description['name']}; pass --model for real videos")
-        if spec.device == "cpu":
-            torch.set_num_threads(1)  # tiny layers: more threads only add synchronisation (5x slower on 2 busy cores)
 
     # 3. Noise in the contract's order, the anchor if one was given, the denoisers.
     scale = backbone.vae_scale_factor
@@ -193,7 +237,7 @@ def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tra
         def on_step(event: StepEvent) -> None:
             if event.stage == "ranking":
                 motion["after_anchor"] = getattr(backbone, "motion_module_calls", 0)
-                if ranker is not None:
+                if ranker is not None and models is None:
                     ranker.unload()  # its weights are not needed by NI-VSDS and regeneration
             bar(event)
 
@@ -239,8 +283,8 @@ def _generate(job: GenerateJob, settings: I4VGenSettings, evs, anchor_image, tra
                    "device": spec.device, "dtype": spec.dtype},
     }
     outputs.commit(record)
-    print(f"i4vgen: wrote {', '.join(written)} and run.json to {output.out} "
-          f"({_anchor_summary(result)}{result.unet_calls['total']} UNet calls)")
+    announce(f"i4vgen: wrote {', '.join(written)} and run.json to {output.out} "
+             f"({_anchor_summary(result)}{result.unet_calls['total']} UNet calls)")
     return output.out
 
 
@@ -339,6 +383,14 @@ def _check_device(device: str) -> None:
 
 
 def _load_backbone(spec: ModelSpec):
+    backbone = _load_backbone_files(spec)
+    LOAD_COUNTS["model"] += 1
+    if backbone.description.get("demo") and spec.device == "cpu":
+        torch.set_num_threads(1)  # tiny layers: more threads only add synchronisation (5x slower on 2 busy cores)
+    return backbone
+
+
+def _load_backbone_files(spec: ModelSpec):
     dtype = getattr(torch, spec.dtype)
     _quiet_library_progress()
     try:
@@ -378,6 +430,7 @@ def _load_ranker(settings: I4VGenSettings, device: str):
         return None, "none"
     from ..rankers import load_ranker_with_fallback
 
+    LOAD_COUNTS["ranker"] += 1
     ranker, label = load_ranker_with_fallback(
         settings.ranker, settings.ranker_path or None, fallback=settings.ranker_fallback, device=device,
         dtype=torch.float16 if device == "cuda" else None, offline=_offline(),

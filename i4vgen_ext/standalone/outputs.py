@@ -30,8 +30,11 @@ def write_video(frames: Sequence[Image.Image], path: Path, fps: float = 8.0) -> 
         import imageio.v2 as imageio
         import numpy as np
 
+        # One x264 thread: its output bytes depend on the thread count, which follows the CPUs this process may
+        # use; fixed, the same frames give the same file on every machine and under every launcher (i4vgen batch).
         writer = imageio.get_writer(
-            str(path), fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=16
+            str(path), fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=16,
+            ffmpeg_params=["-threads", "1"],
         )
         try:
             for frame in rgb:
