@@ -115,7 +115,9 @@ def fuse_loras(unet: nn.Module, text_encoder: nn.Module,
     """Fuse each (path, weight, state dict) into ``unet`` and ``text_encoder``, in order, through diffusers.
 
     All files are checked first, so a bad file or a LoRA for another model raises ``LoraFileError`` (naming the file
-    and what is wrong) before any weight changes. ``weight == 0`` leaves the weights untouched."""
+    and what is wrong) before any weight changes; should diffusers itself refuse a file after that, the error is one
+    ``LoraFileError`` line too, and earlier files may stay fused (``DiffusersBackbone.load`` drops the model then).
+    ``weight == 0`` leaves the weights untouched."""
     targets = lora_targets(unet, text_encoder)
     plans = [_plan(unet, text_encoder, targets, state_dict, float(weight), str(path))
              for path, weight, state_dict in loras]
@@ -276,14 +278,14 @@ def _fuse_with_diffusers(unet: nn.Module, text_encoder: nn.Module, plan: _Plan, 
         with _quiet_libraries():
             loader.load_lora_weights(source, adapter_name=adapter, **kwargs)
             applied = _adapter_layers(unet, text_encoder, adapter)
-            if plan.matched and applied != len(plan.matched):
+            if plan.matched and applied != len(plan.matched):  # a kohya spelling it misreads: ours fuses it
                 return False
             if not applied:
                 raise LoraFileError(f"{plan.report.path}: none of its LoRA layers match this SD1.5 model")
             components = [name for name, model in zip(_COMPONENTS, (unet, text_encoder))
                           if _adapter_layers(model, None, adapter)]
             loader.fuse_lora(components=components, lora_scale=plan.report.weight, adapter_names=[adapter])
-    except LoraFileError:
+    except (LoraFileError, MemoryError):
         raise
     except Exception as err:  # diffusers / peft refusing the file: a ValueError, a RuntimeError on a shape, ...
         detail = " ".join(str(err).split())[:300]
