@@ -17,7 +17,7 @@ from ..core.sampling import sample_ddim
 from ..core.schedule import ScheduleConfig, alphas_cumprod_for, sampling_timesteps
 from .feature_injection import AttentionStore, SelfAttentionFeatures
 from .loading import ModelParts, load_model_parts, require_standalone
-from .lora import fuse_lora, lora_targets, read_lora
+from .lora import fuse_loras, read_lora, require_peft
 
 __all__ = ["DiffusersBackbone", "DiffusersDenoiser"]
 
@@ -68,13 +68,11 @@ class DiffusersBackbone:
         architecture. ``trust_pickle``: allow pickled .ckpt files that hold more than tensors (runs their code)."""
         require_standalone()
         lora_files = [(path, weight, read_lora(path)) for path, weight in loras]  # unreadable ones fail first
+        if lora_files:
+            require_peft()
         parts = load_model_parts(model, motion_module, dtype=dtype, single_file_config=single_file_config,
                                  trust_pickle=trust_pickle)
-        reports = []
-        if lora_files:
-            targets = lora_targets(parts.unet, parts.text_encoder)
-            for path, weight, state_dict in lora_files:
-                reports.append(fuse_lora(targets, state_dict, float(weight), path=str(path)).to_dict())
+        reports = [report.to_dict() for report in fuse_loras(parts.unet, parts.text_encoder, lora_files)]
         return cls(parts, device=device, dtype=dtype, schedule=schedule, loras=reports)
 
     # ---- motion-module accounting -------------------------------------------------------------------------
