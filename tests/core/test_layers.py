@@ -1,5 +1,6 @@
 """The layers point one way: the core imports neither the WebUI, the backbones, the CLI nor diffusers; the WebUI
-adapter imports no backbone and reaches the host only through ``shim``; nothing imports the CLI; no import cycle."""
+adapter imports no backbone and reaches the host only through ``shim``; the ComfyUI adapter imports no backbone, no CLI,
+no WebUI code and reaches ComfyUI only through its ``shim``; nothing imports the CLI; no import cycle."""
 from __future__ import annotations
 
 import ast
@@ -60,6 +61,18 @@ def test_the_webui_adapter_imports_no_backbone_no_cli_and_the_host_only_through_
                                        "diffusers")), (module, dep)
             if module != "i4vgen_ext.webui.shim":
                 assert dep.split(".")[0] != "modules", (module, dep)
+
+
+def test_the_comfy_adapter_imports_no_backbone_no_cli_no_webui_and_the_host_only_through_shim():
+    host_roots = ("comfy", "folder_paths", "nodes", "execution", "comfy_extras", "server")
+    for module, deps in GRAPH.items():
+        if not module.startswith("i4vgen_ext.comfy"):
+            continue
+        for dep, _ in deps:
+            assert not dep.startswith(("i4vgen_ext.backbones", "i4vgen_ext.cli", "i4vgen_ext.generate",
+                                       "i4vgen_ext.standalone", "i4vgen_ext.webui", "diffusers")), (module, dep)
+            if module != "i4vgen_ext.comfy.shim":
+                assert dep.split(".")[0] not in host_roots, (module, dep)
 
 
 def test_nothing_imports_the_cli():
