@@ -38,8 +38,9 @@ test-webui: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -v -rs tests/webui_api
 
 # The live ComfyUI suite: a running ComfyUI + AnimateDiff-Evolved + this node pack at I4VGEN_COMFY_URL (docs/comfyui.md).
-test-comfy: $(HOST)/.ok
-	$(HOST)/bin/python -m pytest -v -rs tests/comfy_api
+test-comfy: $(VENV)/.ok
+	$(VENV)/bin/pip install -q -e ".[live]"
+	$(VENV)/bin/python -m pytest -v -rs tests/comfy_api
 
 test: test-standalone test-host
 

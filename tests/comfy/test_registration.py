@@ -107,3 +107,24 @@ def test_an_unloadable_ranker_falls_back_or_stops_as_the_setting_says(comfy_base
     assert choice.ranker is None and choice.label.startswith("none (fallback:")
     with pytest.raises(RankerLoadError):
         ranking.load("imagereward", ranking.AUTO, "error")
+
+
+def test_install_py_does_nothing_outside_a1111(monkeypatch, capsys):
+    """ComfyUI-Manager runs a node pack's install.py: with no A1111 ``launch`` module it installs nothing."""
+    import builtins
+
+    monkeypatch.syspath_prepend(str(REPO))
+    sys.modules.pop("install", None)
+    import install
+
+    real_import = builtins.__import__
+
+    def no_launch(name, *args, **kwargs):
+        if name == "launch":
+            raise ImportError("No module named 'launch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_launch)
+    monkeypatch.setattr(install, "install", lambda *a, **k: pytest.fail("install.py tried to install"))
+    install.main()
+    assert "nothing to install" in capsys.readouterr().out

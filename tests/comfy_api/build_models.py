@@ -14,10 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.webui_api.build_models import save, seeded, text_encoder  # noqa: E402
-
 from i4vgen_ext.backbones.configs import MM_V2, SD15_UNET, SD15_VAE  # noqa: E402
 from i4vgen_ext.backbones.ldm_convert import motion_adapter_to_original, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm  # noqa: E402
+from tests.webui_api.build_models import save, seeded, text_encoder  # noqa: E402
 
 CHECKPOINT = "random-sd15.safetensors"
 MOTION_MODEL = "mm_sd_v15_v2.safetensors"
