@@ -105,8 +105,10 @@ class I4VGenSamplerAnimateDiff:
         if ranks and not prompt.strip():
             raise SettingsError("prompt", prompt, f"the text ranker {choice.kind} scores the candidates against")
         anchor = None
+        decoded: Dict[str, torch.Tensor] = {}
         if anchor_image is not None:
-            anchor = encode_anchor(anchor_image, vae, latent_format, width=settings.width, height=settings.height)
+            anchor, decoded["images"] = encode_anchor(anchor_image, vae, latent_format, width=settings.width,
+                                                      height=settings.height)
 
         denoiser = ComfyDenoiser(image_model_for(image_model, video_model), video_model, positive, negative,
                                  guidance=settings.guidance, steps=settings.steps, schedule=settings.schedule,
@@ -116,7 +118,6 @@ class I4VGenSamplerAnimateDiff:
         plan = plan_run(settings.mode, settings, anchor_given=anchor is not None, evs=evs)
         calls = call_plan(settings.mode, settings, anchor_given=anchor is not None, evs=evs)
         progress = RunProgress(plan)
-        decoded: Dict[str, torch.Tensor] = {}
 
         def decode_images(candidates: torch.Tensor) -> list:
             decoded["images"] = vae.decode(latent_format.process_out(candidates.float().cpu())).float().cpu()

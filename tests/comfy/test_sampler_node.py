@@ -151,7 +151,9 @@ def test_an_anchor_image_skips_candidates_and_ranking(models):
     assert report["anchor_index"] == -1 and report["unet_calls"]["anchor"] == 0
     assert report["sampling_sessions"]["image"] == 0
     assert all(motion for _, motion, _ in log_of(models))
-    assert out["result"][1].shape[0] == 0
+    shown = out["result"][1]
+    assert shown.shape == (1, SIZE * 8, SIZE * 8, 3)  # the anchor fitted to the video: cover, centre crop
+    assert torch.allclose(shown[0, :, :, 0].mean(), image[0, 8:72, :, 0].mean(), atol=0.02)
 
 
 class BrightnessRanker:

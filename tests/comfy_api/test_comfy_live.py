@@ -73,7 +73,6 @@ def test_the_same_seed_gives_the_same_video(comfy):
     again = finished(comfy.run(i4vgen_workflow(prompt_note=" ", prefix="i4vgen_again")))
     assert again.report(SAMPLER)["seconds"] != JOBS["i4vgen"].report(SAMPLER)["seconds"], "the sampler was cached"
     assert np.array_equal(frames_of(comfy, again), frames_of(comfy, JOBS["i4vgen"]))
-    JOBS["i4vgen_again"] = again
 
 
 def test_an_anchor_image_skips_candidates_and_ranking(comfy):
@@ -82,7 +81,8 @@ def test_an_anchor_image_skips_candidates_and_ranking(comfy):
     assert report["anchor_index"] == -1 and report["unet_calls"]["anchor"] == 0
     assert report["sampling_sessions"]["image"] == 0
     assert frames_of(comfy, job).shape == (FRAMES, SIZE, SIZE, 3)
-    assert not job.outputs.get(CANDIDATE_SAVE, {}).get("images")
+    shown = frames_of(comfy, job, CANDIDATE_SAVE)  # the anchor image as fitted to the video
+    assert shown.shape == (1, SIZE, SIZE, 3) and abs(int(shown[..., 0].mean()) - 0xC0) <= 2
 
 
 def test_context_options_apply(comfy, measured):
@@ -134,21 +134,27 @@ def test_cancel_stops_the_job_and_a_plain_job_afterwards_is_unchanged(comfy):
 
 
 def test_cost_against_a_plain_ade_job(comfy, measured):
-    """On the warm server: the plain ADE jobs before and after (t_plain, their mean), the two I4VGen jobs of the
-    determinism test (t_i4vgen, their mean), and now a plain ADE job at 2S steps (t(2S) - t_plain prices S video
-    calls; the rest of t_plain is a plain job's fixed cost) and an image-mode job of N pictures at S steps (prices an
-    image call over the candidates). I4VGen's floor is (S c_image + (K + n_re) c_video + fixed) / t_plain."""
-    for name in ("plain", "plain_after", "i4vgen", "i4vgen_again"):
-        if name not in JOBS:
-            pytest.skip(f"needs the {name} job of the tests before")
-    double = finished(comfy.run(plain_workflow(seed=12, steps=2 * STEPS, prefix="cost_plain_2s")))
-    image = finished(comfy.run(plain_workflow(seed=13, video=False, batch=CANDIDATES, prefix="cost_image")))
-    i4vgen = JOBS["i4vgen"]
-    t_plain = (JOBS["plain"].seconds + JOBS["plain_after"].seconds) / 2
-    t_i4vgen = (JOBS["i4vgen"].seconds + JOBS["i4vgen_again"].seconds) / 2
-    c_video = (double.seconds - t_plain) / STEPS
+    """On the warm server, two rounds of: a plain ADE job at S steps, the I4VGen job, a plain ADE job at 2S steps
+    and an image-mode job of N pictures at S steps (a new seed each, so nothing is cached). Each job's time is the
+    quicker of its two runs (the machine is shared: the minimum is the least disturbed). t(2S) - t(S) prices S
+    video calls, the rest of t(S) is a plain job's fixed cost, the image job less that prices S image calls over
+    the candidates. I4VGen's floor is (S c_image + (K + n_re) c_video + fixed) / t_plain."""
+    runs = {"plain": [], "i4vgen": [], "plain_2s": [], "image": []}
+    calls = None
+    for offset in (0, 10):
+        runs["plain"].append(finished(comfy.run(plain_workflow(seed=21 + offset, prefix="cost_plain"))).seconds)
+        job = finished(comfy.run(i4vgen_workflow(seed=22 + offset, prefix="cost_i4vgen")))
+        calls = job.report(SAMPLER)["unet_calls"]
+        runs["i4vgen"].append(job.seconds)
+        runs["plain_2s"].append(finished(comfy.run(plain_workflow(seed=23 + offset, steps=2 * STEPS,
+                                                                  prefix="cost_plain_2s"))).seconds)
+        runs["image"].append(finished(comfy.run(plain_workflow(seed=24 + offset, video=False, batch=CANDIDATES,
+                                                               prefix="cost_image"))).seconds)
+    t = {name: min(values) for name, values in runs.items()}
+    t_plain, t_i4vgen = t["plain"], t["i4vgen"]
+    c_video = (t["plain_2s"] - t_plain) / STEPS
     fixed = t_plain - STEPS * c_video
-    c_image = max(image.seconds - fixed, 0.0) / STEPS
+    c_image = max(t["image"] - fixed, 0.0) / STEPS
     floor = (STEPS * c_image + (K + N_RE) * c_video + fixed) / t_plain
     ratio = t_i4vgen / t_plain
     table = {
@@ -160,16 +166,16 @@ def test_cost_against_a_plain_ade_job(comfy, measured):
         "settings": {"steps": STEPS, "frames": FRAMES, "candidates": CANDIDATES, "size": f"{SIZE}x{SIZE}",
                      "sampler": "the core's DDIM (I4VGen); euler (plain ADE)", "nivsds_iterations": K,
                      "regeneration_steps": N_RE},
-        "seconds_per_job": {"plain": round(t_plain, 2), "plain_2s": round(double.seconds, 2),
-                            "image": round(image.seconds, 2), "i4vgen": round(t_i4vgen, 2)},
-        "unet_calls": {"plain": STEPS, "i4vgen": i4vgen.report(SAMPLER)["unet_calls"]},
+        "seconds_per_job": {name: round(value, 2) for name, value in t.items()},
+        "runs_s": {name: [round(v, 2) for v in values] for name, values in runs.items()},
+        "unet_calls": {"plain": STEPS, "i4vgen": calls},
         "call_price_s": {"video": round(c_video, 3), "image_over_candidates": round(c_image, 3),
                          "r": round(c_image / c_video, 3) if c_video > 0 else None, "fixed_per_plain_job": round(fixed, 2)},
         "ratio": {"plain": 1.0, "i4vgen": round(ratio, 3)},
         "floor": {"plain": 1.0, "i4vgen": round(floor, 3)},
         "ratio_over_floor": {"plain": 1.0, "i4vgen": round(ratio / floor, 3)},
-        "method": "server execution time per job (history timestamps, execution_start to end) on a warm server; plain "
-                  "and I4VGen: the mean of two runs each; video call price = (t(2S) - t(S)) / S of plain ADE jobs; "
+        "method": "server execution time per job (history timestamps, execution_start to end) on a warm server, the "
+                  "quicker of two interleaved runs per job; video call price = (t(2S) - t(S)) / S of plain ADE jobs; "
                   "image call price = (t(image job) - fixed) / S",
     }
     measured["cost"] = table
@@ -177,7 +183,7 @@ def test_cost_against_a_plain_ade_job(comfy, measured):
     if path:
         with open(path, "w") as handle:
             json.dump(table, handle, indent=2)
-    assert c_video > 0 and i4vgen.report(SAMPLER)["unet_calls"] == PLAN
+    assert c_video > 0 and calls == PLAN
     assert table["ratio_over_floor"]["i4vgen"] <= 1.10, f"I4VGen costs more than 10% over its call floor: {table}"
 
 
