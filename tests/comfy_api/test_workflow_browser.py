@@ -48,6 +48,7 @@ def test_the_ui_example_loads_in_comfyui_and_is_the_api_example():
         folder = os.environ.get("I4VGEN_SCREENSHOTS")
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
+            page.keyboard.press("Escape")  # the first-run template dialog would cover the canvas
             page.evaluate("() => { window.app.canvas.ds.scale = 0.62; window.app.canvas.ds.offset = [10, 10]; "
                           "window.app.graph.setDirtyCanvas(true, true); }")
             page.wait_for_timeout(1000)
