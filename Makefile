@@ -5,7 +5,7 @@ VENV := .venv
 HOST := .venv-host
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint test-standalone test-host test-webui venvs clean
+.PHONY: demo test lint test-standalone test-host test-webui test-comfy venvs clean
 
 $(VENV)/.ok: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,12 +34,17 @@ test-standalone: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q tests/core tests/rankers tests/standalone
 
 test-host: $(HOST)/.ok
-	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host tests/webui_api
+	$(HOST)/bin/python -m pytest -q tests/core tests/rankers tests/host tests/comfy tests/webui_api tests/comfy_api
 
 # The live suite: a running AUTOMATIC1111 + AnimateDiff + I4VGen at I4VGEN_WEBUI_URL (docs/development.md).
 test-webui: $(VENV)/.ok
 	$(VENV)/bin/pip install -q -e ".[live]"
 	$(VENV)/bin/python -m pytest -v -rs tests/webui_api
+
+# The live ComfyUI suite: a running ComfyUI + AnimateDiff-Evolved + this node pack at I4VGEN_COMFY_URL (docs/comfyui.md).
+test-comfy: $(VENV)/.ok
+	$(VENV)/bin/pip install -q -e ".[live]"
+	$(VENV)/bin/python -m pytest -v -rs tests/comfy_api
 
 test: lint test-standalone test-host
 

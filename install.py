@@ -83,7 +83,11 @@ def install(run_pip: Callable[..., object], is_installed: Callable[[str], bool],
 
 
 def main() -> None:
-    import launch  # the WebUI's launch.py (re-exports modules/launch_utils.py)
+    try:
+        import launch  # the WebUI's launch.py (re-exports modules/launch_utils.py)
+    except ImportError:  # run outside A1111 (ComfyUI-Manager runs a node pack's install.py): ComfyUI has it all
+        print("[I4VGen] not inside AUTOMATIC1111: nothing to install (ComfyUI's environment has what I4VGen needs)")
+        return
 
     try:
         install(launch.run_pip, launch.is_installed, requirements())

@@ -161,12 +161,52 @@ def load_webui_results(results_dir: Path) -> List[Dict[str, Any]]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results_dir) / "webui").glob("*.json"))]
 
 
-def render_tables(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = ()) -> str:
-    return "\n".join([render_section(r) for r in results] + [render_webui_section(t) for t in webui])
+COMFY_METHODS = (("plain", "AnimateDiff-Evolved (KSampler)"), ("i4vgen", "I4VGen node, 'official' preset"))
 
 
-def render_markdown(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = ()) -> str:
-    return HEADER + "\n" + render_tables(results, webui)
+def render_comfy_section(table: Dict[str, Any]) -> str:
+    """A live-ComfyUI cost table, as ``tests/comfy_api/test_comfy_live.py::test_cost_against_a_plain_ade_job``
+    measures it."""
+    s, price, calls = table["settings"], table["call_price_s"], table["unet_calls"]
+    r = f"{price['r']:.3f}" if price.get("r") is not None else "n/a"
+    lines = [
+        f"## Inside ComfyUI: {table['host']}", "",
+        f"Command: `{table['command']}`  ",
+        f"Run at {table['date']}.", "",
+        f"- Machine: {table['machine']}",
+        f"- Settings: {s['size']} px, F = {s['frames']} frames, N = {s['candidates']} candidates, S = {s['steps']} "
+        f"steps, K = {s['nivsds_iterations']}, n_re = {s['regeneration_steps']}, sampler {s['sampler']}, ranker none",
+        f"- Call prices ({table['method']}): one video call {price['video']:.3f} s, one image-mode call over the "
+        f"{s['candidates']} candidates {price['image_over_candidates']:.3f} s, so **r = {r}**; a plain job's fixed "
+        f"costs {price['fixed_per_plain_job']:.2f} s.", "",
+        "| method | s per job | x plain | call floor | x plain / call floor | UNet calls |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for key, label in COMFY_METHODS:
+        count = calls[key]
+        lines.append(f"| {label} | {table['seconds_per_job'][key]:.2f} | {table['ratio'][key]:.3f} | "
+                     f"{table['floor'][key]:.3f} | {table['ratio_over_floor'][key]:.3f} | "
+                     f"{_calls(count) if isinstance(count, dict) else count} |")
+    over = table["ratio_over_floor"]["i4vgen"]
+    lines += ["", f"I4VGen against its call floor: {over:.3f} ({'within' if over <= 1.05 else 'over'} 5%). Every "
+              "I4VGen UNet call runs in a ComfyUI sampling session of its own stage (one for the candidates, one per "
+              "NI-VSDS call, one for the regeneration), so the session set-up is in this ratio.", ""]
+    return "\n".join(lines)
+
+
+def load_comfy_results(results_dir: Path) -> List[Dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results_dir) / "comfy").glob("*.json"))]
+
+
+def render_tables(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = (),
+                  comfy: Iterable[Dict[str, Any]] = ()) -> str:
+    return "\n".join([render_section(r) for r in results] + [render_webui_section(t) for t in webui]
+                     + [render_comfy_section(t) for t in comfy])
+
+
+def render_markdown(results: Iterable[Dict[str, Any]], webui: Iterable[Dict[str, Any]] = (),
+                    comfy: Iterable[Dict[str, Any]] = ()) -> str:
+    return HEADER + "\n" + render_tables(results, webui, comfy)
 
 
 def splice_tables(document: str, tables: str, name: str = "the document") -> str:
@@ -178,7 +218,7 @@ def splice_tables(document: str, tables: str, name: str = "the document") -> str
 
 
 def write_markdown(results_dir: Path, path: Path) -> Path:
-    tables = render_tables(load_results(results_dir), load_webui_results(results_dir))
+    tables = render_tables(load_results(results_dir), load_webui_results(results_dir), load_comfy_results(results_dir))
     path = Path(path)
     if path.exists():
         document = path.read_text(encoding="utf-8")

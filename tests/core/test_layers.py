@@ -1,6 +1,7 @@
 """The layers point one way: the core imports neither an adapter, the backbones nor diffusers; the adapters (``webui``,
-``standalone``) sit side by side and never import each other; the WebUI adapter imports no backbone and reaches the
-host only through ``shim``; nothing imports the CLI; ``errors`` is a leaf; no import cycle."""
+``comfy``, ``standalone``) sit side by side and never import each other; the WebUI and ComfyUI adapters import no
+backbone and reach their host only through their ``shim``; nothing imports the CLI; ``errors`` is a leaf; no import
+cycle."""
 from __future__ import annotations
 
 import ast
@@ -63,7 +64,7 @@ def test_the_webui_adapter_imports_no_backbone_no_cli_and_the_host_only_through_
 
 
 def test_the_adapters_sit_side_by_side():
-    adapters = ("i4vgen_ext.webui", "i4vgen_ext.standalone")
+    adapters = ("i4vgen_ext.webui", "i4vgen_ext.comfy", "i4vgen_ext.standalone")
     for module, deps in GRAPH.items():
         own = next((a for a in adapters if module.startswith(a)), None)
         for dep, _ in deps:
@@ -73,6 +74,18 @@ def test_the_adapters_sit_side_by_side():
 
 def test_the_error_module_is_a_leaf():
     assert all(not dep.startswith("i4vgen_ext") for dep, _ in GRAPH["i4vgen_ext.errors"])
+
+
+def test_the_comfy_adapter_imports_no_backbone_no_cli_no_webui_and_the_host_only_through_shim():
+    host_roots = ("comfy", "folder_paths", "nodes", "execution", "comfy_extras", "server")
+    for module, deps in GRAPH.items():
+        if not module.startswith("i4vgen_ext.comfy"):
+            continue
+        for dep, _ in deps:
+            assert not dep.startswith(("i4vgen_ext.backbones", "i4vgen_ext.standalone", "i4vgen_ext.webui",
+                                       "diffusers")), (module, dep)
+            if module != "i4vgen_ext.comfy.shim":
+                assert dep.split(".")[0] not in host_roots, (module, dep)
 
 
 def test_nothing_imports_the_cli():

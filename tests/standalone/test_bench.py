@@ -245,9 +245,32 @@ def test_the_tables_go_between_the_markers_and_the_prose_around_them_stays(tmp_p
 def test_the_committed_benchmark_page_holds_the_tables_of_the_committed_results():
     """docs/benchmark.md's generated part is what ``python -m bench.report`` renders from bench/results/ today."""
     sys.path.insert(0, str(REPO))
-    from bench.report import BEGIN, END, load_results, load_webui_results, render_tables
+    from bench.report import BEGIN, END, load_comfy_results, load_results, load_webui_results, render_tables
 
     document = (REPO / "docs" / "benchmark.md").read_text(encoding="utf-8")
     generated = document.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
     results = REPO / "bench" / "results"
-    assert generated == render_tables(load_results(results), load_webui_results(results)).strip("\n")
+    tables = render_tables(load_results(results), load_webui_results(results), load_comfy_results(results))
+    assert generated == tables.strip("\n")
+
+
+def test_live_comfy_cost_tables_are_rendered_after_the_webui_sections(tmp_path):
+    """bench/report.py adds one section per results/comfy/*.json (what the live ComfyUI suite's cost test writes)."""
+    sys.path.insert(0, str(REPO))
+    from bench.report import write_markdown
+
+    table = {"host": "ComfyUI 0.3.64 with ComfyUI-AnimateDiff-Evolved and i4vgen", "machine": "2 cores",
+             "command": "make test-comfy", "date": "2026-12-07 22:00 UTC", "method": "S and 2S steps",
+             "settings": {"steps": 4, "frames": 8, "candidates": 2, "size": "64x64", "sampler": "DDIM",
+                          "nivsds_iterations": 3, "regeneration_steps": 4},
+             "seconds_per_job": {"plain": 100.0, "i4vgen": 190.0, "plain_2s": 180.0, "image": 40.0},
+             "unet_calls": {"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}},
+             "call_price_s": {"video": 20.0, "image_over_candidates": 5.0, "r": 0.25, "fixed_per_plain_job": 20.0},
+             "ratio": {"plain": 1.0, "i4vgen": 1.9}, "floor": {"plain": 1.0, "i4vgen": 1.8},
+             "ratio_over_floor": {"plain": 1.0, "i4vgen": 1.056}}
+    (tmp_path / "results" / "comfy").mkdir(parents=True)
+    (tmp_path / "results" / "comfy" / "comfyui-cpu.json").write_text(json.dumps(table), encoding="utf-8")
+    text = write_markdown(tmp_path / "results", tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## Inside ComfyUI: ComfyUI 0.3.64" in text
+    assert "| I4VGen node, 'official' preset | 190.00 | 1.900 | 1.800 | 1.056 | 11 (anchor 4, nivsds 3, regeneration 4) |" in text
+    assert "**r = 0.250**" in text and "1.056 (over 5%)" in text
