@@ -18,6 +18,7 @@ from ..core.settings import I4VGenSettings
 from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
+from .control import JobControl, at_grid_step
 
 # (phase, video mode) -> the stage a single noise prediction belongs to.
 STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
@@ -86,6 +87,7 @@ class HostDenoiser:
         motion: Optional[MotionSwitch] = None,
         phase: str = "i4vgen",
         guidance: Optional[float] = None,
+        control: Optional[JobControl] = None,
     ):
         self.p, self.ad, self.settings = p, ad, settings
         self.anchor_rngs, self.chunk_size = list(anchor_rngs), chunk_size
@@ -98,11 +100,15 @@ class HostDenoiser:
         self.guidance = guidance  # None: the job's CFG scale
         self._samplers: Dict[str, Any] = {}
         self._attention = HostAttentionFeatures(lambda: self.p.sd_model.model.diffusion_model)
+        self.control = control  # ControlNet's units when it hooked this job
+        self._grid_step = 0  # the step of the job's grid the next UNet call belongs to (ControlNet's guidance)
+        self._grid_offset = 0
 
     def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
         """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
         return HostDenoiser(self.p, self.ad, self.settings, anchor_rngs=self.anchor_rngs, chunk_size=self.chunk_size,
-                            on_stage=self.on_stage, motion=self.motion, phase=phase, guidance=guidance)
+                            on_stage=self.on_stage, motion=self.motion, phase=phase, guidance=guidance,
+                            control=self.control)
 
     # Protocol properties ---------------------------------------------------------------------------------
     @property
@@ -127,7 +133,25 @@ class HostDenoiser:
         sampler = shim.sd_samplers().create_sampler(self.p.sampler_name, self.p.sd_model)
         if counted:
             self._count_calls(sampler)
+        if self.control is not None:
+            self._on_grid(sampler)
         return sampler
+
+    def _on_grid(self, sampler: Any) -> None:
+        """Every call of the sampler's CFG denoiser runs with the sampling counters a plain job has at the same
+        step of the job's grid, so ControlNet's guidance start/end covers the same share of the denoising."""
+        cfg = sampler.model_wrap_cfg
+        forward = cfg.forward
+
+        def forward_on_grid(*args: Any, **kwargs: Any) -> Any:
+            with at_grid_step(self._grid_step, self.p.steps):
+                return forward(*args, **kwargs)
+
+        cfg.forward = forward_on_grid
+
+    def _grid_index(self, t: int) -> int:
+        """The step of the job's grid whose timestep is nearest ``t``."""
+        return min(range(len(self._timesteps)), key=lambda i: abs(self._timesteps[i] - int(t)))
 
     def _count_calls(self, sampler: Any) -> None:
         def count(*_: Any) -> None:
@@ -147,8 +171,10 @@ class HostDenoiser:
 
         def on_step(d: Dict[str, Any]) -> None:
             host_callback(d)
+            self._grid_step = self._grid_offset + int(d["i"]) + 1
             notify(callback, stage, int(d["i"]) + 1, total, -1)
 
+        self._grid_step = self._grid_offset
         with borrowed(sampler, callback_state=on_step):
             yield
 
@@ -196,17 +222,24 @@ class HostDenoiser:
         denoiser's step is the timestep's index on the S-step grid, so prompt editing picks the right prompt. Chunks
         of AnimateDiff's context size keep a call no larger than one video call."""
         index = self._timesteps.index(int(t)) if int(t) in self._timesteps else 0
-        out = []
+        out: List[torch.Tensor] = []
         for chunk in torch.split(frames, max(1, self.ad.context_size)):
             c, uc = repeat_conds(self.p.c, self.p.uc, chunk.shape[0])
             sampler.model_wrap_cfg.step = index
-            out.append(self._direct_eps(sampler, chunk, t, c, uc))
+            start = sum(o.shape[0] for o in out)
+            with self._control_rows(start, start + chunk.shape[0]):
+                out.append(self._direct_eps(sampler, chunk, t, c, uc))
         return torch.cat(out)
+
+    def _control_rows(self, start: int, stop: int) -> contextlib.AbstractContextManager:
+        """ControlNet's per-frame control cut to frames ``start:stop`` for an image-mode call."""
+        return self.control.frame_rows(start, stop) if self.control is not None else contextlib.nullcontext()
 
     def _direct_eps(self, sampler: Any, frames: torch.Tensor, t: int, c: Any, uc: Any) -> torch.Tensor:
         """One call of the sampler's CFG denoiser on (N, 4, h, w) latents at training timestep ``t`` -> eps."""
         p = self.p
         scale = p.cfg_scale if self.guidance is None else self.guidance
+        self._grid_step = self._grid_index(t)
         abar = self.alphas_cumprod[int(t)].to(frames.device)
         image_cond = p.txt2img_image_conditioning(frames)
         if is_timestep_sampler(sampler):
@@ -252,6 +285,7 @@ class HostDenoiser:
             self.on_stage(stage)
         self.motion.video()
         p.sampler = self._new_sampler()
+        self._grid_offset = 0
         x = to_host_video(noise)
         if getattr(p, "initial_noise_multiplier", 1.0) != 1.0:
             p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
@@ -272,7 +306,9 @@ class HostDenoiser:
         if len(chunks) != len(self.anchor_rngs):
             raise ValueError(f"{len(chunks)} candidate chunks but {len(self.anchor_rngs)} seed generators")
         out = []
-        with motion_module_ejected(p.sd_model, self.ad):
+        self._grid_offset = 0
+        first_frame = self.control.first_frame() if self.control is not None else contextlib.nullcontext()
+        with motion_module_ejected(p.sd_model, self.ad), first_frame:
             for index, (chunk, chunk_rng) in enumerate(zip(chunks, self.anchor_rngs)):
                 if self.on_anchor_chunk is not None:
                     self.on_anchor_chunk(index, len(chunks), False)
@@ -311,6 +347,7 @@ class HostDenoiser:
         self.last_video = frames
         sampler = p.sampler
         strength = (steps - 0.5) / p.steps
+        self._grid_offset = p.steps - steps
         with borrowed(p, denoising_strength=strength), self._step_events(sampler, stage, steps, callback):
             latents = sampler.sample_img2img(p, frames, frame_noise, p.c, p.uc, steps=None,
                                              image_conditioning=p.txt2img_image_conditioning(frames))

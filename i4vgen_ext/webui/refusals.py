@@ -14,7 +14,7 @@ from . import shim
 from .animatediff import AnimateDiffJob
 from .args import ScriptArgs
 from .attention import select_layers
-from .controlnet import controlnet_units_enabled, release_controlnet, stand_down_controlnet
+from .controlnet import check_units, is_controlnet_sampler, release_controlnet, stand_down_controlnet
 
 log = logging.getLogger("i4vgen")
 
@@ -48,10 +48,7 @@ def check_job(p: Any, ad: AnimateDiffJob) -> None:
     if mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot")):
         raise Refusal(f"I4VGen needs an SD1.5 motion module; {ad.model_name} is "
                       f"{getattr(mm, 'mm_type', 'an SDXL module')}.")
-    if controlnet_units_enabled(p):
-        raise Refusal("ControlNet is not supported with I4VGen yet: the candidate anchors are a batch of separate "
-                      "images, which ControlNet's per-frame control (AnimateDiff V2V) does not line up with. Turn "
-                      "the ControlNet units off or untick I4VGen.")
+    check_units(p)
     if str(getattr(p, "sampler_name", "")).upper() == "LCM":
         raise Refusal("The LCM sampler is not supported with I4VGen: its consistency denoiser does not return the "
                       "noise prediction NI-VSDS steps with. Choose another sampler (Euler, DPM++ 2M, DDIM, UniPC) or "
@@ -64,7 +61,7 @@ def check_job(p: Any, ad: AnimateDiffJob) -> None:
                           "'None' for SD Unet.")
     except HostUnavailable:
         pass
-    if "sample" in vars(p):
+    if "sample" in vars(p) and not is_controlnet_sampler(p):
         raise Refusal("Another extension has replaced this job's sampling step (p.sample); I4VGen cannot run "
                       "alongside it.")
     if is_img2img(p):

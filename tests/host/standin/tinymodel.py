@@ -123,12 +123,16 @@ class TinyUNet(nn.Module):
         self.lora = nn.Conv2d(CHANNELS, CHANNELS, 1)
         self.out = nn.Conv2d(CHANNELS, 4, 3, padding=1)
 
-    def forward(self, x, timesteps, context):
+    def forward(self, x, timesteps, context, control=None):
+        """``control``: the stand-in ControlNet's residual, added after the input convolution (the real ControlNet
+        re-implements the UNet forward and adds its 13 residuals to the skip connections and the middle block)."""
         half = CHANNELS // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
         args = timesteps.float()[:, None] * freqs[None]
         emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
         h = self.conv_in(x)
+        if control is not None:
+            h = h + control
         lora = sum(extra_networks.active_lora.values())
         if lora:
             h = h + lora * self.lora(h)
