@@ -87,6 +87,39 @@ def check_units(p: Any) -> None:
                           "the mask or untick I4VGen.")
 
 
+def adopt_api_units(p: Any) -> None:
+    """Under the API, give ControlNet's dict units to AnimateDiff as ControlNet's own unit objects, as AnimateDiff
+    means to (``animatediff_utils.py`` ``get_controlnet_units``: a unit without an image becomes a batch unit with
+    the dict's ``batch_images``). AnimateDiff a88e889 writes them into ``p.script_args`` (a tuple under the API, so
+    that fails) and returns the dicts, on which its ``set_p`` then fails: the job would run without AnimateDiff's
+    ControlNet wiring, prompt schedule and context windows. Run from ``Script.setup``, before AnimateDiff's
+    ``before_process``; the panel's units are objects already and are left alone."""
+    script = controlnet_script(p)
+    args = getattr(p, "script_args", None)
+    if script is None or args is None or not getattr(p, "is_api", False):
+        return
+    units = list(args[script.args_from:script.args_to])
+    if not any(isinstance(unit, Mapping) for unit in units):
+        return
+    external_code = shim.loaded_extension_module("scripts.external_code")
+    if external_code is None or not hasattr(external_code, "get_all_units_in_processing"):
+        return
+    try:
+        converted = external_code.get_all_units_in_processing(p)
+    except Exception as error:  # ControlNet reports a bad unit itself when it runs
+        log.warning(f"I4VGen: ControlNet's units could not be read: {error}")
+        return
+    if len(converted) != len(units):
+        return
+    for given, unit in zip(units, converted):
+        if isinstance(given, Mapping) and unit.image is None:
+            unit.input_mode = type(unit.input_mode).BATCH
+            unit.batch_images = given.get("batch_images", None)
+    args = list(args)
+    args[script.args_from:script.args_to] = converted
+    p.script_args = args
+
+
 def is_controlnet_sampler(p: Any) -> bool:
     """Whether ``p.sample`` is sd-webui-controlnet's wrapper (``hook.py`` ``UnetHook.hook`` sets
     ``p.sample_before_CN_hack = p.sample; p.sample = process_sample``)."""

@@ -19,7 +19,7 @@ from .animatediff import find_animatediff
 from .args import is_enabled, misshapen_args, parse_script_args
 from .batch import sample_batch
 from .control import JobControl
-from .controlnet import forget_marked_conds, is_controlnet_sampler, lend_sampler, release_controlnet
+from .controlnet import adopt_api_units, forget_marked_conds, is_controlnet_sampler, lend_sampler, release_controlnet
 from .infotext import INFOTEXT_KEY
 from .plan import JobPlan, chunk_size_for, option, resolve_settings
 from .progress import jobs_per_batch, plan_job_count
@@ -27,7 +27,7 @@ from .ranking import RankerCache, resolve_ranker_folder
 from .refusals import bad_argument, check_host, check_job, check_request, check_sfi, install_refusal, is_img2img
 from .results import finish
 
-__all__ = ["I4VGenError", "finish", "install_sampler", "option", "prepare"]
+__all__ = ["I4VGenError", "adopt_api_units", "finish", "install_sampler", "is_enabled", "option", "prepare"]
 log = logging.getLogger("i4vgen")
 
 

@@ -39,6 +39,9 @@ def check_job(p: Any, ad: AnimateDiffJob) -> None:
         raise Refusal("I4VGen: AnimateDiff is enabled but its motion module is not injected; see the console for "
                       "AnimateDiff's error (an SDXL or HotShot-XL module on an SD1.5 checkpoint is one cause: I4VGen "
                       "needs an SD1.5 checkpoint and an SD1.5 motion module).")
+    if getattr(ad.params, "prompt_scheduler", False) is None:  # set right after ``set_p`` in its before_process
+        raise Refusal("I4VGen: AnimateDiff's own setup of this job failed (see the console for its error), so its "
+                      "frames, prompt schedule and ControlNet wiring are not in place; I4VGen does not run on it.")
     model = p.sd_model
     if any(getattr(model, flag, False) for flag in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd")) or \
             getattr(model, "parameterization", "eps") != "eps":

@@ -243,3 +243,25 @@ def test_a_control_with_the_wrong_number_of_frames_is_refused(host, stub, tmp_pa
         else:
             with pytest.raises(Refusal, match=f"{rows} control images for a video of 8 frames"):
                 control.check()
+
+
+def test_api_units_reach_animatediff_as_units_and_a_failed_animatediff_setup_is_refused(host, stub, monkeypatch):
+    """AnimateDiff a88e889 returns the API's dict units unconverted and its ``set_p`` fails on them; I4VGen's
+    ``setup`` hands them over as ControlNet's units first. If AnimateDiff's setup fails anyway, I4VGen refuses."""
+    from scripts.animatediff_ui import AnimateDiffProcess
+    from scripts.external_code import ControlNetUnit
+
+    units = [unit(image=None)] + [{"enabled": False}] * 2
+    units[0]["image"] = grey(90)
+    p = job(host, "cn_last", units, i4vgen={"enable": True, "candidates": 2}, api=True)
+    cn_script = host.script("cn_last", "ControlNet")
+    assert all(isinstance(u, ControlNetUnit) for u in p.script_args[cn_script.args_from:cn_script.args_to])
+
+    def broken_set_p(self, p):
+        raise AttributeError("'dict' object has no attribute 'enabled'")
+
+    monkeypatch.setattr(AnimateDiffProcess, "set_p", broken_set_p)
+    p = job(host, "cn_last", units, i4vgen={"enable": True, "candidates": 2}, api=True)
+    with pytest.raises(Refusal, match="AnimateDiff's own setup of this job failed"):
+        run(p)
+    assert host.model.unet_log == [] and unet_forward_is_plain(host)
