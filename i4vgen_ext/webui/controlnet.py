@@ -115,6 +115,8 @@ def adopt_api_units(p: Any) -> None:
         if isinstance(given, Mapping) and unit.image is None:
             unit.input_mode = type(unit.input_mode).BATCH
             unit.batch_images = given.get("batch_images", None)
+        elif isinstance(given, Mapping) and unit.batch_images is None:
+            unit.batch_images = ""  # the panel's empty batch folder: ``set_p`` splits it for every enabled unit
     args = list(args)
     args[script.args_from:script.args_to] = converted
     p.script_args = args

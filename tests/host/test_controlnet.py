@@ -50,7 +50,7 @@ def frame_folder(tmp_path, frames: int):
 
 def unit(**fields):
     """A panel unit; with ``batch_images`` one from the panel's batch tab (a folder of per-frame images)."""
-    values = dict(enabled=True, module="none", model=CANNY, weight=1.0, image=grey(200))
+    values = dict(enabled=True, module="none", model=CANNY, weight=1.0, image=grey(200), batch_images="")
     if "batch_images" in fields:
         values.update(image=None, input_mode="batch")
     values.update(fields)

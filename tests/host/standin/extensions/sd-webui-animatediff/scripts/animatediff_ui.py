@@ -76,9 +76,10 @@ class AnimateDiffProcess:
                (cn_unit.input_mode.name == 'BATCH' and not cn_unit.batch_images):
                 cn_unit.input_mode = cn_unit.input_mode.__class__.BATCH
                 cn_unit.batch_images = self.video_path
+            cn_unit_batch_params = cn_unit.batch_images.split('\n')
             if cn_unit.input_mode.name == 'BATCH':
                 cn_unit.animatediff_batch = True
-                cn_unit_batch_num = len(shared.listfiles(cn_unit.batch_images))
+                cn_unit_batch_num = len(shared.listfiles(cn_unit_batch_params[0]))
                 if min_batch_in_cn == -1 or cn_unit_batch_num < min_batch_in_cn:
                     min_batch_in_cn = cn_unit_batch_num
         if min_batch_in_cn != -1:
