@@ -215,7 +215,9 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
     ("forge", "Forge is not supported"),
     ("freeinit", "FreeInit"),
     ("lcm_sampler", "LCM sampler"),
-    ("sdxl_module", "SD1.5-family checkpoint"),
+    ("sd2_checkpoint", "SD1.5-family or SDXL checkpoint"),
+    ("v_prediction", "v-prediction"),
+    ("refiner", "SDXL refiner is not supported"),
     ("xl_module_on_sd15", "motion module is not injected"),
     ("bad_arg", "candidates"),
     ("anchor_out_of_range", "anchor_index"),
@@ -240,9 +242,12 @@ def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
         kwargs["sampler_name"] = "LCM"
     if case == "freeinit":
         kwargs["ad"] = ad_args(batch_size=8, freeinit_enable=True)
-    if case == "sdxl_module":
-        monkeypatch.setattr(type(host.model), "is_sdxl", True)
-        kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
+    if case == "sd2_checkpoint":
+        monkeypatch.setattr(type(host.model), "is_sd2", True, raising=False)
+    if case == "v_prediction":
+        monkeypatch.setattr(type(host.model), "parameterization", "v")
+    if case == "refiner":
+        kwargs["refiner_checkpoint"] = "sd_xl_refiner_1.0"
     if case == "xl_module_on_sd15":  # AnimateDiff's own injection fails (its assert), so the module is not in
         kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
     if case == "bad_arg":
