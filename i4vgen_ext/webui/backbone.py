@@ -18,7 +18,7 @@ from ..core.settings import I4VGenSettings
 from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
-from .control import JobControl, at_grid_step
+from .control import GridClock, JobControl
 
 # (phase, video mode) -> the stage a single noise prediction belongs to.
 STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
@@ -101,8 +101,7 @@ class HostDenoiser:
         self._samplers: Dict[str, Any] = {}
         self._attention = HostAttentionFeatures(lambda: self.p.sd_model.model.diffusion_model)
         self.control = control  # ControlNet's units when it hooked this job
-        self._grid_step = 0  # the step of the job's grid the next UNet call belongs to (ControlNet's guidance)
-        self._grid_offset = 0
+        self.clock = GridClock(self._timesteps)  # for ControlNet's guidance start/end
 
     def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
         """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
@@ -134,24 +133,8 @@ class HostDenoiser:
         if counted:
             self._count_calls(sampler)
         if self.control is not None:
-            self._on_grid(sampler)
+            self.clock.attach(sampler)
         return sampler
-
-    def _on_grid(self, sampler: Any) -> None:
-        """Every call of the sampler's CFG denoiser runs with the sampling counters a plain job has at the same
-        step of the job's grid, so ControlNet's guidance start/end covers the same share of the denoising."""
-        cfg = sampler.model_wrap_cfg
-        forward = cfg.forward
-
-        def forward_on_grid(*args: Any, **kwargs: Any) -> Any:
-            with at_grid_step(self._grid_step, self.p.steps):
-                return forward(*args, **kwargs)
-
-        cfg.forward = forward_on_grid
-
-    def _grid_index(self, t: int) -> int:
-        """The step of the job's grid whose timestep is nearest ``t``."""
-        return min(range(len(self._timesteps)), key=lambda i: abs(self._timesteps[i] - int(t)))
 
     def _count_calls(self, sampler: Any) -> None:
         def count(*_: Any) -> None:
@@ -171,10 +154,10 @@ class HostDenoiser:
 
         def on_step(d: Dict[str, Any]) -> None:
             host_callback(d)
-            self._grid_step = self._grid_offset + int(d["i"]) + 1
+            self.clock.after_step(d["i"])
             notify(callback, stage, int(d["i"]) + 1, total, -1)
 
-        self._grid_step = self._grid_offset
+        self.clock.begin_run()
         with borrowed(sampler, callback_state=on_step):
             yield
 
@@ -239,7 +222,7 @@ class HostDenoiser:
         """One call of the sampler's CFG denoiser on (N, 4, h, w) latents at training timestep ``t`` -> eps."""
         p = self.p
         scale = p.cfg_scale if self.guidance is None else self.guidance
-        self._grid_step = self._grid_index(t)
+        self.clock.at_timestep(t)
         abar = self.alphas_cumprod[int(t)].to(frames.device)
         image_cond = p.txt2img_image_conditioning(frames)
         if is_timestep_sampler(sampler):
@@ -285,7 +268,7 @@ class HostDenoiser:
             self.on_stage(stage)
         self.motion.video()
         p.sampler = self._new_sampler()
-        self._grid_offset = 0
+        self.clock.offset = 0
         x = to_host_video(noise)
         if getattr(p, "initial_noise_multiplier", 1.0) != 1.0:
             p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
@@ -306,7 +289,7 @@ class HostDenoiser:
         if len(chunks) != len(self.anchor_rngs):
             raise ValueError(f"{len(chunks)} candidate chunks but {len(self.anchor_rngs)} seed generators")
         out = []
-        self._grid_offset = 0
+        self.clock.offset = 0
         first_frame = self.control.first_frame() if self.control is not None else contextlib.nullcontext()
         with motion_module_ejected(p.sd_model, self.ad), first_frame:
             for index, (chunk, chunk_rng) in enumerate(zip(chunks, self.anchor_rngs)):
@@ -347,7 +330,7 @@ class HostDenoiser:
         self.last_video = frames
         sampler = p.sampler
         strength = (steps - 0.5) / p.steps
-        self._grid_offset = p.steps - steps
+        self.clock.offset = p.steps - steps
         with borrowed(p, denoising_strength=strength), self._step_events(sampler, stage, steps, callback):
             latents = sampler.sample_img2img(p, frames, frame_noise, p.c, p.uc, steps=None,
                                              image_conditioning=p.txt2img_image_conditioning(frames))

@@ -117,3 +117,34 @@ def at_grid_step(step: int, steps: int) -> Iterator[None]:
         yield
     finally:
         state.sampling_step, state.sampling_steps = saved
+
+
+class GridClock:
+    """Where on the job's S-step grid the next UNet call of a denoiser sits: a host sampler's run starts at
+    ``offset`` and moves one step per step callback; a direct call sits at the grid step nearest its timestep."""
+
+    def __init__(self, timesteps: List[int]):
+        self.timesteps = list(timesteps)
+        self.offset = 0
+        self.step = 0
+
+    def begin_run(self) -> None:
+        self.step = self.offset
+
+    def after_step(self, i: int) -> None:
+        self.step = self.offset + int(i) + 1
+
+    def at_timestep(self, t: int) -> None:
+        self.step = min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - int(t)))
+
+    def attach(self, sampler: Any) -> None:
+        """Every call of the sampler's CFG denoiser runs with the sampling counters a plain job has at the same
+        step of the grid, so ControlNet's guidance start/end covers the same share of the denoising."""
+        cfg = sampler.model_wrap_cfg
+        forward = cfg.forward
+
+        def forward_on_grid(*args: Any, **kwargs: Any) -> Any:
+            with at_grid_step(self.step, len(self.timesteps)):
+                return forward(*args, **kwargs)
+
+        cfg.forward = forward_on_grid
