@@ -31,6 +31,10 @@ class I4VGenScript(scripts.Script):
         self.infotext_fields = panel.infotext_fields
         return panel.controls
 
+    def setup(self, p, *args):
+        if i4vgen_job.is_enabled(args):
+            i4vgen_job.adopt_api_units(p)
+
     def process(self, p, *args):
         self.plan = i4vgen_job.prepare(p, args)
 

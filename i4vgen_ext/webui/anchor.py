@@ -1,5 +1,6 @@
 """The user's anchor image in the WebUI: read from the panel (PIL) or the API (base64), encoded by the host's VAE
-the way A1111's image-to-latent path does, to a reproducible latent (posterior mean or seeded sample).
+the way A1111's image-to-latent path does, to a reproducible latent (posterior mean or seeded sample), on SD1.5's
+ldm first stage and on SDXL's sgm one.
 
 Details: docs/webui-host.md §Anchor image.
 """
@@ -93,6 +94,8 @@ def encode_anchor(p: Any, image: Image.Image, *, sample: bool, seed: int) -> tor
     model = p.sd_model
     fitted = fit_to_video(image, int(p.width), int(p.height))
     x = image_to_tensor(fitted).to(device=shim.shared().device, dtype=devices.dtype_vae) * 2 - 1
+    if getattr(model, "is_sdxl", False):
+        return _sdxl_latent(model, x, sample=sample, seed=seed)
     posterior = model.encode_first_stage(x)
     if isinstance(posterior, torch.Tensor):  # a deterministic encoder: nothing to sample
         z = posterior
@@ -105,3 +108,20 @@ def encode_anchor(p: Any, image: Image.Image, *, sample: bool, seed: int) -> tor
     else:
         z = posterior.sample()
     return model.get_first_stage_encoding(z)[0].float()
+
+
+def _sdxl_latent(model: Any, x: torch.Tensor, *, sample: bool, seed: int) -> torch.Tensor:
+    """SDXL's first stage in A1111 is sgm's ``AutoencoderKLInferenceWrapper``, whose ``encode`` returns a sample
+    drawn with the global torch RNG, and ``get_first_stage_encoding`` is the identity. So the moments are taken as
+    sgm's ``AutoencoderKL.encode`` takes them (``quant_conv(encoder(x))``, halves ``mean``/``logvar`` clamped as
+    ``DiagonalGaussianDistribution``) and scaled as ``DiffusionEngine.encode_first_stage`` scales them."""
+    first_stage = model.first_stage_model
+    moments = first_stage.quant_conv(first_stage.encoder(x))
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    z = mean
+    if sample:
+        generator = torch.Generator(device="cpu").manual_seed(int(seed) % 2**64)
+        noise = torch.randn(tuple(mean.shape), generator=generator, dtype=torch.float32)
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        z = mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+    return (model.scale_factor * z)[0].float()

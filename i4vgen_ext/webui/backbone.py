@@ -18,6 +18,7 @@ from ..core.settings import I4VGenSettings
 from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
+from .control import GridClock, JobControl
 
 # (phase, video mode) -> the stage a single noise prediction belongs to.
 STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
@@ -86,6 +87,7 @@ class HostDenoiser:
         motion: Optional[MotionSwitch] = None,
         phase: str = "i4vgen",
         guidance: Optional[float] = None,
+        control: Optional[JobControl] = None,
     ):
         self.p, self.ad, self.settings = p, ad, settings
         self.anchor_rngs, self.chunk_size = list(anchor_rngs), chunk_size
@@ -98,11 +100,14 @@ class HostDenoiser:
         self.guidance = guidance  # None: the job's CFG scale
         self._samplers: Dict[str, Any] = {}
         self._attention = HostAttentionFeatures(lambda: self.p.sd_model.model.diffusion_model)
+        self.control = control  # ControlNet's units when it hooked this job
+        self.clock = GridClock(self._timesteps)  # for ControlNet's guidance start/end
 
     def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
         """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
         return HostDenoiser(self.p, self.ad, self.settings, anchor_rngs=self.anchor_rngs, chunk_size=self.chunk_size,
-                            on_stage=self.on_stage, motion=self.motion, phase=phase, guidance=guidance)
+                            on_stage=self.on_stage, motion=self.motion, phase=phase, guidance=guidance,
+                            control=self.control)
 
     # Protocol properties ---------------------------------------------------------------------------------
     @property
@@ -127,6 +132,8 @@ class HostDenoiser:
         sampler = shim.sd_samplers().create_sampler(self.p.sampler_name, self.p.sd_model)
         if counted:
             self._count_calls(sampler)
+        if self.control is not None:
+            self.clock.attach(sampler)
         return sampler
 
     def _count_calls(self, sampler: Any) -> None:
@@ -147,8 +154,10 @@ class HostDenoiser:
 
         def on_step(d: Dict[str, Any]) -> None:
             host_callback(d)
+            self.clock.after_step(d["i"])
             notify(callback, stage, int(d["i"]) + 1, total, -1)
 
+        self.clock.begin_run()
         with borrowed(sampler, callback_state=on_step):
             yield
 
@@ -196,17 +205,24 @@ class HostDenoiser:
         denoiser's step is the timestep's index on the S-step grid, so prompt editing picks the right prompt. Chunks
         of AnimateDiff's context size keep a call no larger than one video call."""
         index = self._timesteps.index(int(t)) if int(t) in self._timesteps else 0
-        out = []
+        out: List[torch.Tensor] = []
         for chunk in torch.split(frames, max(1, self.ad.context_size)):
             c, uc = repeat_conds(self.p.c, self.p.uc, chunk.shape[0])
             sampler.model_wrap_cfg.step = index
-            out.append(self._direct_eps(sampler, chunk, t, c, uc))
+            start = sum(o.shape[0] for o in out)
+            with self._control_rows(start, start + chunk.shape[0]):
+                out.append(self._direct_eps(sampler, chunk, t, c, uc))
         return torch.cat(out)
+
+    def _control_rows(self, start: int, stop: int) -> contextlib.AbstractContextManager:
+        """ControlNet's per-frame control cut to frames ``start:stop`` for an image-mode call."""
+        return self.control.frame_rows(start, stop) if self.control is not None else contextlib.nullcontext()
 
     def _direct_eps(self, sampler: Any, frames: torch.Tensor, t: int, c: Any, uc: Any) -> torch.Tensor:
         """One call of the sampler's CFG denoiser on (N, 4, h, w) latents at training timestep ``t`` -> eps."""
         p = self.p
         scale = p.cfg_scale if self.guidance is None else self.guidance
+        self.clock.at_timestep(t)
         abar = self.alphas_cumprod[int(t)].to(frames.device)
         image_cond = p.txt2img_image_conditioning(frames)
         if is_timestep_sampler(sampler):
@@ -252,6 +268,7 @@ class HostDenoiser:
             self.on_stage(stage)
         self.motion.video()
         p.sampler = self._new_sampler()
+        self.clock.offset = 0
         x = to_host_video(noise)
         if getattr(p, "initial_noise_multiplier", 1.0) != 1.0:
             p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
@@ -272,7 +289,9 @@ class HostDenoiser:
         if len(chunks) != len(self.anchor_rngs):
             raise ValueError(f"{len(chunks)} candidate chunks but {len(self.anchor_rngs)} seed generators")
         out = []
-        with motion_module_ejected(p.sd_model, self.ad):
+        self.clock.offset = 0
+        first_frame = self.control.first_frame() if self.control is not None else contextlib.nullcontext()
+        with motion_module_ejected(p.sd_model, self.ad), first_frame:
             for index, (chunk, chunk_rng) in enumerate(zip(chunks, self.anchor_rngs)):
                 if self.on_anchor_chunk is not None:
                     self.on_anchor_chunk(index, len(chunks), False)
@@ -311,6 +330,7 @@ class HostDenoiser:
         self.last_video = frames
         sampler = p.sampler
         strength = (steps - 0.5) / p.steps
+        self.clock.offset = p.steps - steps
         with borrowed(p, denoising_strength=strength), self._step_events(sampler, stage, steps, callback):
             latents = sampler.sample_img2img(p, frames, frame_noise, p.c, p.uc, steps=None,
                                              image_conditioning=p.txt2img_image_conditioning(frames))

@@ -19,6 +19,7 @@ from . import shim
 from .anchor import encode_anchor
 from .args import ScriptArgs
 from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
+from .control import JobControl
 from .infotext import infotext_value, stopped_value
 from .plan import BORROWED_FIELDS, BatchOutcome, JobPlan, resolve_settings
 from .progress import StageProgress
@@ -78,7 +79,7 @@ class _BatchObserver(RunObserver):
             self.denoiser.keep_partial(latents)
 
 
-def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tensor:
+def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache, control: Optional[JobControl] = None) -> torch.Tensor:
     """One batch (one video of ``p.batch_size`` frames) in place of ``p.sample``: the core's ``run_mode`` over the
     host's denoiser, with the host's noise."""
     request = plan.request
@@ -94,7 +95,7 @@ def sample_batch(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> torch.Tens
         ranked = request.runs_i4vgen and request.anchor_image is None
         rngs = candidate_rngs(p, settings.candidates, plan.chunk_size) if ranked else []
         denoiser = HostDenoiser(p, plan.ad, settings, anchor_rngs=rngs, chunk_size=plan.chunk_size,
-                                on_anchor_chunk=progress.on_anchor_chunk, on_stage=progress.stage)
+                                on_anchor_chunk=progress.on_anchor_chunk, on_stage=progress.stage, control=control)
         seconds: Dict[str, float] = {}
         anchor, ranker, label = None, None, None
         if request.anchor_image is not None:  # paper 4.5: no candidates, no ranker

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import types
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -19,6 +18,8 @@ from .anchor import describe_anchor
 from .animatediff import find_animatediff
 from .args import is_enabled, misshapen_args, parse_script_args
 from .batch import sample_batch
+from .control import JobControl
+from .controlnet import adopt_api_units, forget_marked_conds, is_controlnet_sampler, lend_sampler, release_controlnet
 from .infotext import INFOTEXT_KEY
 from .plan import JobPlan, chunk_size_for, option, resolve_settings
 from .progress import jobs_per_batch, plan_job_count
@@ -26,7 +27,7 @@ from .ranking import RankerCache, resolve_ranker_folder
 from .refusals import bad_argument, check_host, check_job, check_request, check_sfi, install_refusal, is_img2img
 from .results import finish
 
-__all__ = ["I4VGenError", "finish", "install_sampler", "option", "prepare"]
+__all__ = ["I4VGenError", "adopt_api_units", "finish", "install_sampler", "is_enabled", "option", "prepare"]
 log = logging.getLogger("i4vgen")
 
 
@@ -129,20 +130,30 @@ def infotext_for(plan: JobPlan) -> Callable[..., Optional[str]]:
 # Script.process_batch ------------------------------------------------------------------------------------------
 def install_sampler(p: Any, plan: JobPlan, ranker_cache: RankerCache) -> None:
     """Lend ``p.sample`` to I4VGen for this batch; it hands itself back when the batch's sampling ends."""
-    if "sample" in vars(p):  # a refusal is already installed
+    if "sample" in vars(p) and not is_controlnet_sampler(p):  # a refusal is already installed
         return
 
     def sample(self: Any, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any,
                subseed_strength: Any, prompts: Any) -> torch.Tensor:
         try:
-            samples = sample_batch(self, plan, ranker_cache)
+            control = JobControl.for_job(self, int(self.batch_size))
+            if control is not None:
+                control.check()
+        except Refusal as refusal:
+            give_back()
+            log.error(str(refusal))
+            release_controlnet(self)
+            forget_marked_conds()
+            raise
+        try:
+            samples = sample_batch(self, plan, ranker_cache, control)
         finally:
-            vars(self).pop("sample", None)
+            give_back()
         if getattr(self, "enable_hr", False):
             return hires_pass(self, samples, seeds, subseeds, subseed_strength, prompts)
         return samples
 
-    p.sample = types.MethodType(sample, p)
+    give_back = lend_sampler(p, sample)
 
 
 def hires_pass(p: Any, samples: torch.Tensor, seeds: Any, subseeds: Any, subseed_strength: Any, prompts: Any) -> Any:

@@ -14,7 +14,7 @@ from . import shim
 from .animatediff import AnimateDiffJob
 from .args import ScriptArgs
 from .attention import select_layers
-from .controlnet import controlnet_units_enabled, release_controlnet, stand_down_controlnet
+from .controlnet import check_units, is_controlnet_sampler, release_controlnet, stand_down_controlnet
 
 log = logging.getLogger("i4vgen")
 
@@ -37,21 +37,27 @@ def check_job(p: Any, ad: AnimateDiffJob) -> None:
     """Whether this AnimateDiff job can run I4VGen. Touches nothing."""
     if not ad.injected:
         raise Refusal("I4VGen: AnimateDiff is enabled but its motion module is not injected; see the console for "
-                      "AnimateDiff's error (an SDXL or HotShot-XL module on an SD1.5 checkpoint is one cause: I4VGen "
-                      "needs an SD1.5 checkpoint and an SD1.5 motion module).")
+                      "AnimateDiff's error (a motion module that does not fit the checkpoint is one cause: SD1.5 modules "
+                      "go with SD1.5 checkpoints, AnimateDiff-XL and HotShot-XL with SDXL ones).")
+    if getattr(ad.params, "prompt_scheduler", False) is None:  # set right after ``set_p`` in its before_process
+        raise Refusal("I4VGen: AnimateDiff's own setup of this job failed (see the console for its error), so its "
+                      "frames, prompt schedule and ControlNet wiring are not in place; I4VGen does not run on it.")
     model = p.sd_model
-    if any(getattr(model, flag, False) for flag in ("is_sdxl", "is_sd2", "is_sd3", "is_ssd")) or \
+    if any(getattr(model, flag, False) for flag in ("is_sd2", "is_sd3", "is_ssd")) or \
             getattr(model, "parameterization", "eps") != "eps":
-        raise Refusal("I4VGen needs an SD1.5-family checkpoint (SDXL, SD2 and v-prediction models are not "
-                      "supported).")
+        raise Refusal("I4VGen needs an SD1.5-family or SDXL checkpoint (SD2, SD3, SSD-1B and v-prediction models are "
+                      "not supported).")
     mm = getattr(ad.motion, "mm", None)
-    if mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot")):
-        raise Refusal(f"I4VGen needs an SD1.5 motion module; {ad.model_name} is "
-                      f"{getattr(mm, 'mm_type', 'an SDXL module')}.")
-    if controlnet_units_enabled(p):
-        raise Refusal("ControlNet is not supported with I4VGen yet: the candidate anchors are a batch of separate "
-                      "images, which ControlNet's per-frame control (AnimateDiff V2V) does not line up with. Turn "
-                      "the ControlNet units off or untick I4VGen.")
+    xl_module = mm is not None and any(getattr(mm, flag, False) for flag in ("is_xl", "is_adxl", "is_hotshot"))
+    if xl_module != bool(getattr(model, "is_sdxl", False)):  # AnimateDiff asserts this when it injects
+        kind = getattr(mm, "mm_type", "an SDXL module" if xl_module else "an SD1.5 module")
+        raise Refusal(f"I4VGen: motion module {ad.model_name} ({kind}) does not fit this "
+                      f"{'SDXL' if getattr(model, 'is_sdxl', False) else 'SD1.5'} checkpoint: use an SD1.5 module on "
+                      "SD1.5 checkpoints, AnimateDiff-XL or HotShot-XL on SDXL ones.")
+    if getattr(p, "refiner_checkpoint", None) is not None:
+        raise Refusal("I4VGen: the SDXL refiner is not supported (it swaps the UNet that carries the motion module "
+                      "part way through the video's sampling). Turn the refiner off or untick I4VGen.")
+    check_units(p)
     if str(getattr(p, "sampler_name", "")).upper() == "LCM":
         raise Refusal("The LCM sampler is not supported with I4VGen: its consistency denoiser does not return the "
                       "noise prediction NI-VSDS steps with. Choose another sampler (Euler, DPM++ 2M, DDIM, UniPC) or "
@@ -64,7 +70,7 @@ def check_job(p: Any, ad: AnimateDiffJob) -> None:
                           "'None' for SD Unet.")
     except HostUnavailable:
         pass
-    if "sample" in vars(p):
+    if "sample" in vars(p) and not is_controlnet_sampler(p):
         raise Refusal("Another extension has replaced this job's sampling step (p.sample); I4VGen cannot run "
                       "alongside it.")
     if is_img2img(p):

@@ -10,6 +10,7 @@ import logging
 from typing import Any, List
 
 from . import shim
+from .controlnet import hand_back_sampler
 from .infotext import INFOTEXT_KEY, parse_infotext_value
 from .plan import BatchOutcome, JobPlan
 
@@ -40,7 +41,7 @@ def caption(index: int, outcome: BatchOutcome) -> str:
 def finish(p: Any, processed: Any, plan: JobPlan) -> List[tuple]:
     """Plain-text infotext for the API's ``info`` (a callable would serialise as null), a comment per video, and
     the candidate images appended after AnimateDiff's outputs. Returns (image, caption) pairs for the gallery."""
-    vars(p).pop("sample", None)  # the sampler is handed back
+    hand_back_sampler(p)
     done = [o for o in plan.outcomes if not o.interrupted]
     stopped = [o for o in plan.outcomes if o.interrupted and o.infotext]
     if done or stopped:

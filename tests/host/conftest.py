@@ -15,6 +15,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE / "standin"
 AD_DIR = STANDIN / "extensions" / "sd-webui-animatediff"
+CN_DIR = STANDIN / "extensions" / "sd-webui-controlnet"
 REPO = HERE.parents[1]
 if str(STANDIN) not in sys.path:
     sys.path.insert(0, str(STANDIN))
@@ -69,9 +70,15 @@ def host() -> Host:
     script_loading.load_extension_scripts(str(REPO))
     script_callbacks.ui_settings_callback()
     all_scripts = list(scripts.scripts_data)
+    script_loading.load_extension_scripts(str(CN_DIR))
+    cn_scripts = [d for d in scripts.scripts_data if d not in all_scripts]
+    ad_scripts = [d for d in all_scripts if "animatediff" in d[1]]
     runners, defaults = {}, {}
+    # ControlNet's script runs before I4VGen's ("cn_first") or after it ("cn_last"): A1111 orders them by folder
     for tab, is_img2img, data in (("txt2img", False, all_scripts), ("img2img", True, all_scripts),
-                                  ("no_ad", False, [d for d in all_scripts if "animatediff" not in d[1]])):
+                                  ("no_ad", False, [d for d in all_scripts if "animatediff" not in d[1]]),
+                                  ("cn_first", False, ad_scripts + cn_scripts + [d for d in all_scripts if d not in ad_scripts]),
+                                  ("cn_last", False, all_scripts + cn_scripts)):
         scripts.scripts_data[:] = data
         runner = scripts.ScriptRunner()
         runner.initialize_scripts(is_img2img)
@@ -117,8 +124,9 @@ def ad_args(**overrides) -> Dict[str, Any]:
 
 
 def make_p(host: Host, *, i4vgen: Any = None, ad: Optional[Dict[str, Any]] = None, tab: str = "txt2img",
-           api: bool = False, **fields):
-    """A txt2img ``p`` as the UI (``modules/txt2img.py``) or the API would hand it to ``process_images``."""
+           api: bool = False, cn: Optional[List[Dict[str, Any]]] = None, **fields):
+    """A txt2img ``p`` as the UI (``modules/txt2img.py``) or the API would hand it to ``process_images``; ``cn``:
+    ControlNet's units (tabs "cn_first"/"cn_last"), as the panel's unit objects or, under the API, dicts."""
     from modules import processing
     from scripts.animatediff_ui import AnimateDiffProcess
 
@@ -139,6 +147,12 @@ def make_p(host: Host, *, i4vgen: Any = None, ad: Optional[Dict[str, Any]] = Non
     elif i4vgen is not None:
         for i, value in enumerate(i4vgen):
             args[ours.args_from + i] = value
+    if cn is not None:
+        from scripts.external_code import ControlNetUnit
+
+        cn_script = next(s for s in runner.alwayson_scripts if s.title() == "ControlNet")
+        for i, unit in enumerate(cn):
+            args[cn_script.args_from + i] = dict(unit) if api else ControlNetUnit(**unit)
     p.is_api = api
     p.scripts = runner
     p.script_args = tuple(args) if api else args
@@ -228,12 +242,12 @@ def watch(monkeypatch):
     seen = []
     original = i4vgen_job.sample_batch
 
-    def spy(p, plan, cache):
+    def spy(p, plan, cache, *rest):
         from modules import shared
 
         before = host_state(p, shared.sd_model)
         try:
-            return original(p, plan, cache)
+            return original(p, plan, cache, *rest)
         finally:
             seen.append((before, host_state(p, shared.sd_model)))
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from i4vgen_ext.webui import batch as i4vgen_batch
-from i4vgen_ext.webui import controlnet as i4vgen_controlnet
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui import ranking
 
@@ -216,7 +215,9 @@ def test_disabled_i4vgen_leaves_animatediff_job_alone(host, monkeypatch):
     ("forge", "Forge is not supported"),
     ("freeinit", "FreeInit"),
     ("lcm_sampler", "LCM sampler"),
-    ("sdxl_module", "SD1.5-family checkpoint"),
+    ("sd2_checkpoint", "SD1.5-family or SDXL checkpoint"),
+    ("v_prediction", "v-prediction"),
+    ("refiner", "SDXL refiner is not supported"),
     ("xl_module_on_sd15", "motion module is not injected"),
     ("bad_arg", "candidates"),
     ("anchor_out_of_range", "anchor_index"),
@@ -241,9 +242,12 @@ def test_refusals_stop_before_sampling(host, stub, monkeypatch, case, expected):
         kwargs["sampler_name"] = "LCM"
     if case == "freeinit":
         kwargs["ad"] = ad_args(batch_size=8, freeinit_enable=True)
-    if case == "sdxl_module":
-        monkeypatch.setattr(type(host.model), "is_sdxl", True)
-        kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
+    if case == "sd2_checkpoint":
+        monkeypatch.setattr(type(host.model), "is_sd2", True, raising=False)
+    if case == "v_prediction":
+        monkeypatch.setattr(type(host.model), "parameterization", "v")
+    if case == "refiner":
+        kwargs["refiner_checkpoint"] = "sd_xl_refiner_1.0"
     if case == "xl_module_on_sd15":  # AnimateDiff's own injection fails (its assert), so the module is not in
         kwargs["ad"] = ad_args(batch_size=8, model="mm_sdxl_v10_beta.ckpt")
     if case == "bad_arg":
@@ -322,45 +326,3 @@ def test_an_interrupt_returns_a_moving_unfinished_video_and_says_so(host, stub, 
     assert all(not torch.allclose(flat[i], flat[j]) for i in range(8) for j in range(i + 1, 8)), "a still video"
     assert res.images and f"I4VGen video 1 (i4vgen) interrupted during {label}" in res.comments
     assert json.loads(p.extra_generation_params["I4VGen"])["interrupted"] == label
-
-
-def test_an_enabled_controlnet_unit_is_refused_by_name(host, stub, monkeypatch):
-    """sd-webui-controlnet's script (title "ControlNet", args = units) with one enabled unit: refused before sampling;
-    disabled units leave the job alone."""
-    from types import SimpleNamespace
-
-    from modules import scripts
-
-    class ControlNetScript(scripts.Script):
-        """Like sd-webui-controlnet: hooks the UNet in ``process``, undoes it only in ``postprocess``."""
-        hooked = False
-
-        def title(self):
-            return "ControlNet"
-
-        def process(self, p, *units):
-            self.hooked = any(u.get("enabled") if isinstance(u, dict) else u.enabled for u in units)
-
-        def postprocess(self, p, processed, *units):
-            processed.images.extend([])  # ControlNet appends its detected maps here
-            self.hooked = False
-
-    runner = host.runners["txt2img"]
-    controlnet = ControlNetScript()
-    controlnet.args_from, controlnet.args_to = len(host.defaults["txt2img"]), len(host.defaults["txt2img"]) + 2
-    monkeypatch.setattr(runner, "alwayson_scripts", [*runner.alwayson_scripts, controlnet])
-    for units, refused in (([SimpleNamespace(enabled=False), {"enabled": False}], False),
-                           ([SimpleNamespace(enabled=False), {"enabled": True, "model": "control_v11p_sd15_canny"}], True)):
-        host.model.unet_log.clear()
-        p = make_p(host, i4vgen=i4v(candidates=2), ad=ad_args(batch_size=8))
-        p.script_args = [*p.script_args, *units]
-        assert i4vgen_controlnet.controlnet_units_enabled(p) is refused
-        if refused:
-            with pytest.raises(i4vgen_job.I4VGenError, match="ControlNet is not supported with I4VGen"):
-                run(p)
-            assert host.model.unet_log == []
-            assert not controlnet.hooked, "the refusal left ControlNet's hook in place (its postprocess never ran)"
-            assert units[1]["enabled"] is True, "the caller's unit was changed (the refused job uses copies)"
-        else:
-            run(p)
-            assert "unet_calls" in json.loads(p.extra_generation_params["I4VGen"])

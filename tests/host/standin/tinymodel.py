@@ -123,12 +123,18 @@ class TinyUNet(nn.Module):
         self.lora = nn.Conv2d(CHANNELS, CHANNELS, 1)
         self.out = nn.Conv2d(CHANNELS, 4, 3, padding=1)
 
-    def forward(self, x, timesteps, context):
+    def forward(self, x, timesteps, context, control=None, y=None):
+        """``control``: the stand-in ControlNet's residual, added after the input convolution (the real ControlNet
+        re-implements the UNet forward and adds its 13 residuals to the skip connections and the middle block)."""
         half = CHANNELS // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
         args = timesteps.float()[:, None] * freqs[None]
         emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        if y is not None:  # SDXL's pooled-text/size vector (sgm ``label_emb``)
+            emb = emb + self.label_emb(y)
         h = self.conv_in(x)
+        if control is not None:
+            h = h + control
         lora = sum(extra_networks.active_lora.values())
         if lora:
             h = h + lora * self.lora(h)
@@ -254,3 +260,60 @@ class TinyLatentDiffusion(nn.Module):
         else:
             raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
         return self.scale_factor * z
+
+
+class TinySgmAutoencoder(TinyDecoder):
+    """sgm ``AutoencoderKLInferenceWrapper`` (SDXL's first stage in A1111): ``encoder`` then ``quant_conv`` give the
+    moments; ``encode`` returns a sample drawn with the global torch RNG (no posterior object)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant_conv = nn.Conv2d(8, 8, 1)
+
+    def encode(self, x):
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x))).sample()
+
+
+class TinySDXL(TinyLatentDiffusion):
+    """The tiny model as A1111 runs an SDXL checkpoint (``modules/sd_models_xl.py`` over sgm's ``DiffusionEngine``):
+    ``is_sdxl``, conditioning as a dict ``{"crossattn", "vector"}`` (``get_learned_conditioning``), ``apply_model``
+    taking that dict with ``c_concat``, ``encode_first_stage`` = ``scale_factor * first_stage_model.encode(x)``
+    (sgm), ``get_first_stage_encoding`` the identity (A1111's patch), ``scale_factor`` 0.13025."""
+
+    is_sdxl = True
+    is_sd1 = False
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            self.model.diffusion_model.label_emb = nn.Linear(CONTEXT_DIM, CHANNELS)
+            self.first_stage_model = TinySgmAutoencoder()
+        self.scale_factor = 0.13025
+        self.sd_checkpoint_info = SimpleNamespace(name_for_extra="tiny-xl", short_title="tiny-xl")
+        self.eval()
+
+    @torch.no_grad()
+    def get_learned_conditioning(self, prompts):
+        crossattn = self.cond_stage_model(list(prompts))
+        return {"crossattn": crossattn, "vector": crossattn.mean(dim=1)}
+
+    @torch.no_grad()
+    def apply_model(self, x_noisy, t, cond):
+        counter = getattr(sys.modules.get("motion_module"), "TemporalCounter", None)
+        calls = (lambda: counter.calls) if counter is not None else (lambda: 0)
+        before = calls()
+        self.context_log.append(cond["crossattn"])
+        eps = self.model.diffusion_model(x_noisy, t, cond["crossattn"], y=cond["vector"])
+        self.unet_log.append((shared.state.textinfo, x_noisy.shape[0], calls() - before,
+                              dict(extra_networks.active_lora)))
+        return eps
+
+    @torch.no_grad()
+    def encode_first_stage(self, x):
+        self.encode_log.append(x.clone())
+        return self.scale_factor * self.first_stage_model.encode(x)
+
+    @torch.no_grad()
+    def get_first_stage_encoding(self, x):
+        return x

@@ -1,7 +1,8 @@
 """Follows ``modules/prompt_parser.py``: ``SdConditioning``, ``ScheduledPromptConditioning``,
 ``ComposableScheduledPromptConditioning``, ``MulticondLearnedConditioning(shape, batch)``,
 ``get_learned_conditioning``, ``get_multicond_learned_conditioning``, ``reconstruct_cond_batch``,
-``reconstruct_multicond_batch`` (no prompt editing or AND parsing: one schedule entry per prompt)."""
+``reconstruct_multicond_batch`` (no prompt editing or AND parsing: one schedule entry per prompt); SDXL's dict
+conds are stacked per key."""
 from collections import namedtuple
 
 import torch
@@ -37,7 +38,8 @@ def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_sc
     res = []
     for prompt in prompts:
         if prompt not in cache:
-            cond = model.get_learned_conditioning([prompt])[0]
+            learned = model.get_learned_conditioning([prompt])
+            cond = {k: v[0] for k, v in learned.items()} if isinstance(learned, dict) else learned[0]
             cache[prompt] = [ScheduledPromptConditioning(steps, cond)]
         res.append(cache[prompt])
     return res
@@ -55,8 +57,25 @@ def _pick(schedules, current_step):
     return schedules[0].cond
 
 
+class DictWithShape(dict):
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self["crossattn"].shape
+
+
+def stack_conds(conds):
+    """Tensors stacked; SDXL's dict conds stacked per key into a ``DictWithShape``."""
+    if isinstance(conds[0], dict):
+        return DictWithShape({k: torch.stack([c[k] for c in conds]) for k in conds[0]})
+    return torch.stack(conds)
+
+
 def reconstruct_cond_batch(c, current_step):
-    return torch.stack([_pick(schedules, current_step) for schedules in c])
+    return stack_conds([_pick(schedules, current_step) for schedules in c])
 
 
 def reconstruct_multicond_batch(c, current_step):
@@ -67,4 +86,4 @@ def reconstruct_multicond_batch(c, current_step):
             conds_for_batch.append((len(tensors), composable.weight))
             tensors.append(_pick(composable.schedules, current_step))
         conds_list.append(conds_for_batch)
-    return conds_list, torch.stack(tensors)
+    return conds_list, stack_conds(tensors)

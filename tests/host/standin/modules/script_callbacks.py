@@ -1,5 +1,5 @@
 """Follows ``modules/script_callbacks.py``: ``on_ui_settings``, ``on_cfg_denoiser`` + ``CFGDenoiserParams``,
-``on_infotext_pasted``, ``on_after_component``; callbacks run in registration order, exceptions reported."""
+``on_infotext_pasted``, ``on_after_component``, ``remove_callbacks_for_function``; callbacks run in registration order, exceptions reported."""
 from modules import errors
 
 callbacks = {"ui_settings": [], "cfg_denoiser": [], "infotext_pasted": [], "after_component": [], "before_component": []}
@@ -39,6 +39,12 @@ def on_infotext_pasted(callback, *, name=None):
 
 def on_after_component(callback, *, name=None):
     callbacks["after_component"].append(callback)
+
+
+def remove_callbacks_for_function(callback_func):
+    for value in callbacks.values():
+        for callback in [c for c in value if c == callback_func]:
+            value.remove(callback)
 
 
 def ui_settings_callback():

@@ -1,5 +1,6 @@
 """Follows ``modules/shared.py``: module-level ``opts``, ``state``, ``cmd_opts``, ``device``, ``sd_model``,
-``total_tqdm``, ``OptionInfo``, ``models_path``, ``loaded_hypernetworks``, ``latent_upscale_modes``."""
+``total_tqdm``, ``OptionInfo``, ``listfiles``, ``models_path``, ``loaded_hypernetworks``, ``latent_upscale_modes``."""
+import os
 import types
 
 from modules import options, shared_state
@@ -26,6 +27,11 @@ loaded_hypernetworks = []
 latent_upscale_default_mode = "Latent"
 latent_upscale_modes = {"Latent": {"mode": "bilinear", "antialias": False},
                         "Latent (nearest)": {"mode": "nearest", "antialias": False}}
+
+
+def listfiles(dirname):
+    filenames = [os.path.join(dirname, x) for x in sorted(os.listdir(dirname), key=str.lower) if not x.startswith(".")]
+    return [file for file in filenames if os.path.isfile(file)]
 
 
 class TotalTQDM:

@@ -2,7 +2,7 @@
 ``set_ad_params``, ``load`` (RuntimeError for an unknown model), ``inject`` (restore first if injected; SDXL
 assert; v2 -> middle_block.insert(-1); input_blocks[1,2,4,5,7,8,10,11].append; output_blocks 0..11 insert(-1) when
 idx % 3 == 2 and idx != 11 else append; ``_set_ddim_alpha`` replacing both alphas attributes with linear betas
-0.00085..0.012), ``restore`` (the exact inverse, then unload under lowvram)."""
+0.00085..0.012, or for AnimateDiff-XL scaled-linear betas 0.00085..0.020), ``restore`` (the exact inverse, then unload under lowvram)."""
 import torch
 from motion_module import MotionModuleType, MotionWrapper
 
@@ -10,6 +10,7 @@ MODELS = {  # file name -> type, standing in for the files in the model folder
     "mm_sd15_v3.safetensors": MotionModuleType.AnimateDiffV3,
     "mm_sd15_v2.ckpt": MotionModuleType.AnimateDiffV2,
     "mm_sdxl_v10_beta.ckpt": MotionModuleType.AnimateDiffXL,
+    "hsxl_temporal_layers.f16.safetensors": MotionModuleType.HotShotXL,
 }
 CACHE = {}
 
@@ -91,7 +92,11 @@ class AnimateDiffMM:
         self.restore_count += 1
 
     def _set_ddim_alpha(self, sd_model):
-        betas = torch.linspace(0.00085, 0.012, sd_model.num_timesteps, dtype=torch.float32)
+        if self.mm.is_adxl:
+            betas = torch.linspace(0.00085 ** 0.5, 0.020 ** 0.5, 1000, dtype=torch.float32) ** 2
+        else:
+            betas = torch.linspace(0.00085, 0.012, 1000 if sd_model.is_sdxl else sd_model.num_timesteps,
+                                   dtype=torch.float32)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.prev_alpha_cumprod = sd_model.alphas_cumprod
         self.prev_alpha_cumprod_original = sd_model.alphas_cumprod_original

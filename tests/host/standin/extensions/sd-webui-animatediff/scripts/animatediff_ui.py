@@ -1,7 +1,11 @@
 """Stand-in of sd-webui-animatediff ``scripts/animatediff_ui.py`` ``AnimateDiffProcess``: the same keyword
 parameters and defaults (txt2img part), ``_check`` and ``set_p`` (``p.batch_size = batch_size if video_length <
 batch_size else video_length``; ``video_length = p.batch_size`` when 0; ``overlap = batch_size // 4`` when -1;
-``do_not_save_samples``). ControlNet wiring is not modelled."""
+``do_not_save_samples``) with its ControlNet wiring: an enabled unit without an image (or a batch unit without a
+folder) takes AnimateDiff's ``video_path`` as its batch folder, batch units become ``animatediff_batch`` units, and
+``fix_video_length`` cuts the video to the fewest control frames, which a batch modifier then also cuts to."""
+from modules import shared
+from scripts.animatediff_utils import get_controlnet_units
 
 
 class AnimateDiffProcess:
@@ -63,3 +67,36 @@ class AnimateDiffProcess:
             self.overlap = self.batch_size // 4
         if "PNG" not in self.format:
             p.do_not_save_samples = True
+        cn_units = get_controlnet_units(p)
+        min_batch_in_cn = -1
+        for cn_unit in cn_units:
+            if not cn_unit.enabled:
+                continue
+            if (cn_unit.input_mode.name == 'SIMPLE' and cn_unit.image is None) or \
+               (cn_unit.input_mode.name == 'BATCH' and not cn_unit.batch_images):
+                cn_unit.input_mode = cn_unit.input_mode.__class__.BATCH
+                cn_unit.batch_images = self.video_path
+            cn_unit_batch_params = cn_unit.batch_images.split('\n')
+            if cn_unit.input_mode.name == 'BATCH':
+                cn_unit.animatediff_batch = True
+                cn_unit_batch_num = len(shared.listfiles(cn_unit_batch_params[0]))
+                if min_batch_in_cn == -1 or cn_unit_batch_num < min_batch_in_cn:
+                    min_batch_in_cn = cn_unit_batch_num
+        if min_batch_in_cn != -1:
+            self.fix_video_length(p, min_batch_in_cn)
+
+            def cn_batch_modifler(batch_image_files, p):
+                return batch_image_files[:self.video_length]
+            for cn_unit in cn_units:
+                if cn_unit.input_mode.name == 'BATCH':
+                    cn_unit.batch_modifiers = getattr(cn_unit, "batch_modifiers", []) + [cn_batch_modifler]
+
+    def fix_video_length(self, p, min_batch_in_cn):
+        if self.video_length > min_batch_in_cn:
+            self.video_length = min_batch_in_cn
+            p.batch_size = min_batch_in_cn
+        if self.batch_size > min_batch_in_cn:
+            self.batch_size = min_batch_in_cn
+        if self.video_default:
+            self.video_length = min_batch_in_cn
+            p.batch_size = min_batch_in_cn

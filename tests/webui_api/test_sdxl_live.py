@@ -1,0 +1,64 @@
+"""I4VGen on an SDXL checkpoint with an SDXL motion module on a live WebUI: txt2img, the anchor image and batch count 2,
+and a plain job on the SD1.5 checkpoint afterwards unchanged. Needs an SDXL checkpoint on the server, named by
+``I4VGEN_WEBUI_SDXL_CHECKPOINT`` (its title in /sdapi/v1/sd-models), and an AnimateDiff SDXL or HotShot-XL module,
+named by ``I4VGEN_WEBUI_SDXL_MOTION_MODULE``; skipped otherwise (``build_models.py`` does not write SDXL weights)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+from .client import encode_png
+from .conftest import assert_video
+
+TXT2IMG = "/sdapi/v1/txt2img"
+XL_SIZE = 128  # SDXL's UNet downsamples three times: 16x16 latents
+
+
+@pytest.fixture(scope="module")
+def sdxl(webui) -> dict:
+    checkpoint = os.environ.get("I4VGEN_WEBUI_SDXL_CHECKPOINT")
+    module = os.environ.get("I4VGEN_WEBUI_SDXL_MOTION_MODULE")
+    if not checkpoint or not module:
+        pytest.skip("I4VGEN_WEBUI_SDXL_CHECKPOINT / I4VGEN_WEBUI_SDXL_MOTION_MODULE are not set")
+    _, models = webui.get("/sdapi/v1/sd-models")
+    titles = [m.get("title") for m in models or []] + [m.get("model_name") for m in models or []]
+    if checkpoint not in titles:
+        pytest.skip(f"the server has no checkpoint {checkpoint!r}: {titles}")
+    return {"override_settings": {"sd_model_checkpoint": checkpoint},
+            "override_settings_restore_afterwards": True, "module": module}
+
+
+def xl_job(webui, payload, sdxl, **i4vgen):
+    fields = {k: v for k, v in sdxl.items() if k != "module"}
+    n_iter = i4vgen.pop("n_iter", 1)
+    body = payload.txt2img(i4vgen=i4vgen or True, animatediff={"model": sdxl["module"]}, width=XL_SIZE,
+                           height=XL_SIZE, n_iter=n_iter, **fields)
+    return webui.job(TXT2IMG, body)
+
+
+def test_sdxl_txt2img(webui, payload, plain_reference, sdxl, measured):
+    job = xl_job(webui, payload, sdxl)
+    measured["sdxl_txt2img"] = {"status": job.status, "seconds": round(job.seconds, 1), "record": job.record}
+    assert_video(job, size=XL_SIZE)
+    assert job.record is not None and job.record["unet_calls"]["anchor"] > 0, job
+
+
+def test_sdxl_anchor_image(webui, payload, plain_reference, sdxl, measured):
+    image = Image.new("RGB", (XL_SIZE, XL_SIZE), (200, 120, 40))
+    job = xl_job(webui, payload, sdxl, anchor_image=encode_png(image))
+    measured["sdxl_anchor_image"] = {"status": job.status, "seconds": round(job.seconds, 1), "record": job.record}
+    assert_video(job, size=XL_SIZE)
+    assert job.record["anchor_image"].startswith(f"{XL_SIZE}x{XL_SIZE} sha256:"), job.record
+
+
+def test_sdxl_batch_count_two(webui, payload, plain_reference, sdxl):
+    job = xl_job(webui, payload, sdxl, n_iter=2)
+    assert job.status == 200, job
+    assert len(job.gifs) == 2, f"{len(job.gifs)} videos for batch count 2"
+
+
+def test_plain_job_unchanged_after_sdxl(webui, payload, plain_reference):
+    job = webui.job(TXT2IMG, payload.txt2img())
+    assert job.gifs == plain_reference.gifs, "a plain SD1.5 AnimateDiff job changed after I4VGen jobs on SDXL"
