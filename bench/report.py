@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from .costmodel import (
     ANCHOR_TOLERANCE,
@@ -129,27 +129,35 @@ def render_section(result: Dict[str, Any]) -> str:
 WEBUI_METHODS = (("plain", "AnimateDiff"), ("i4vgen", "I4VGen, 'official' preset"), ("freeinit", "FreeInit, 2 rounds"))
 
 
-def render_webui_section(table: Dict[str, Any]) -> str:
-    """A live-WebUI cost table, as ``tests/webui_api/test_txt2img_live.py::test_cost_model`` measures it."""
+def _live_cost_lines(table: Dict[str, Any], heading: str, prices: str, methods: Sequence[Tuple[str, str]]) -> List[str]:
+    """The part a live host's cost section shares: what ran, the call prices and one row per method."""
     s, price, calls = table["settings"], table["call_price_s"], table["unet_calls"]
+    r = f"{price['r']:.3f}" if price.get("r") is not None else "n/a"
     lines = [
-        f"## Inside the WebUI: {table['host']}", "",
+        heading, "",
         f"Command: `{table['command']}`  ",
         f"Run at {table['date']}.", "",
         f"- Machine: {table['machine']}",
         f"- Settings: {s['size']} px, F = {s['frames']} frames, N = {s['candidates']} candidates, S = {s['steps']} "
         f"steps, K = {s['nivsds_iterations']}, n_re = {s['regeneration_steps']}, sampler {s['sampler']}, ranker none",
-        f"- Call prices from the host's own clock ({table['method']}): one video call {price['video']:.3f} s, one "
-        f"image-mode call over the {s['candidates']} candidates {price['image_over_candidates']:.3f} s, so "
-        f"**r = {price['r']:.3f}**; a plain job's fixed costs {price['fixed_per_plain_job']:.2f} s.", "",
+        f"- Call prices {prices}: one video call {price['video']:.3f} s, one image-mode call over the "
+        f"{s['candidates']} candidates {price['image_over_candidates']:.3f} s, so **r = {r}**; a plain job's fixed "
+        f"costs {price['fixed_per_plain_job']:.2f} s.", "",
         "| method | s per job | x plain | call floor | x plain / call floor | UNet calls |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    for key, label in WEBUI_METHODS:
+    for key, label in methods:
         count = calls[key]
         lines.append(f"| {label} | {table['seconds_per_job'][key]:.2f} | {table['ratio'][key]:.3f} | "
                      f"{table['floor'][key]:.3f} | {table['ratio_over_floor'][key]:.3f} | "
                      f"{_calls(count) if isinstance(count, dict) else count} |")
+    return lines
+
+
+def render_webui_section(table: Dict[str, Any]) -> str:
+    """A live-WebUI cost table, as ``tests/webui_api/test_txt2img_live.py::test_cost_model`` measures it."""
+    lines = _live_cost_lines(table, f"## Inside the WebUI: {table['host']}",
+                             f"from the host's own clock ({table['method']})", WEBUI_METHODS)
     verdict = "pass" if table["ratio_over_floor"]["i4vgen"] <= 1.05 else "miss"
     lines += ["", f"Target: I4VGen within 5% of its call floor: **{verdict}** "
               f"({table['ratio_over_floor']['i4vgen']:.3f}). One run per method on a shared CPU: FreeInit's row, which "
@@ -167,26 +175,7 @@ COMFY_METHODS = (("plain", "AnimateDiff-Evolved (KSampler)"), ("i4vgen", "I4VGen
 def render_comfy_section(table: Dict[str, Any]) -> str:
     """A live-ComfyUI cost table, as ``tests/comfy_api/test_comfy_live.py::test_cost_against_a_plain_ade_job``
     measures it."""
-    s, price, calls = table["settings"], table["call_price_s"], table["unet_calls"]
-    r = f"{price['r']:.3f}" if price.get("r") is not None else "n/a"
-    lines = [
-        f"## Inside ComfyUI: {table['host']}", "",
-        f"Command: `{table['command']}`  ",
-        f"Run at {table['date']}.", "",
-        f"- Machine: {table['machine']}",
-        f"- Settings: {s['size']} px, F = {s['frames']} frames, N = {s['candidates']} candidates, S = {s['steps']} "
-        f"steps, K = {s['nivsds_iterations']}, n_re = {s['regeneration_steps']}, sampler {s['sampler']}, ranker none",
-        f"- Call prices ({table['method']}): one video call {price['video']:.3f} s, one image-mode call over the "
-        f"{s['candidates']} candidates {price['image_over_candidates']:.3f} s, so **r = {r}**; a plain job's fixed "
-        f"costs {price['fixed_per_plain_job']:.2f} s.", "",
-        "| method | s per job | x plain | call floor | x plain / call floor | UNet calls |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for key, label in COMFY_METHODS:
-        count = calls[key]
-        lines.append(f"| {label} | {table['seconds_per_job'][key]:.2f} | {table['ratio'][key]:.3f} | "
-                     f"{table['floor'][key]:.3f} | {table['ratio_over_floor'][key]:.3f} | "
-                     f"{_calls(count) if isinstance(count, dict) else count} |")
+    lines = _live_cost_lines(table, f"## Inside ComfyUI: {table['host']}", f"({table['method']})", COMFY_METHODS)
     over = table["ratio_over_floor"]["i4vgen"]
     lines += ["", f"I4VGen against its call floor: {over:.3f} ({'within' if over <= 1.05 else 'over'} 5%). Every "
               "I4VGen UNet call runs in a ComfyUI sampling session of its own stage (one for the candidates, one per "

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 
+from ..live_suite import answer, live_hooks, server_url
 from .client import Comfy
 
 URL_ENV = "I4VGEN_COMFY_URL"
@@ -35,37 +36,14 @@ SAMPLER, VIDEO_SAVE, FRAME_SAVE, CANDIDATE_SAVE = "7", "9", "11", "10"
 MEASURED: Dict[str, Any] = {}
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get(URL_ENV):
-        return
-    skip = pytest.mark.skip(reason=f"{URL_ENV} is not set: no live ComfyUI to test against")
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if MEASURED:
-        terminalreporter.section("I4VGen live ComfyUI: measured")
-        for key, value in MEASURED.items():
-            terminalreporter.write_line(f"{key}: {json.dumps(value, sort_keys=True)}")
-
-
-@pytest.fixture(scope="session")
-def measured() -> Dict[str, Any]:
-    return MEASURED
+pytest_collection_modifyitems, pytest_terminal_summary, measured = live_hooks(HERE, URL_ENV, "ComfyUI", MEASURED)
 
 
 @pytest.fixture(scope="session")
 def comfy() -> Comfy:
-    url = os.environ.get(URL_ENV)
-    if not url:
-        pytest.skip(f"{URL_ENV} is not set: no live ComfyUI to test against")
+    url = server_url(URL_ENV, "ComfyUI")
     client = Comfy(url)
-    try:
-        status, info = client.get("/object_info")
-    except OSError as error:
-        pytest.fail(f"{URL_ENV}={url} does not answer: {error}")
+    status, info = answer(client, "/object_info", URL_ENV, url)
     assert status == 200, f"GET /object_info: HTTP {status}"
     missing = {"I4VGenSamplerAnimateDiff", "I4VGenRankerLoader", "ADE_AnimateDiffLoaderGen1"} - set(info)
     assert not missing, f"the server lacks the nodes {sorted(missing)} (install ADE and this pack in custom_nodes)"

@@ -190,25 +190,33 @@ def test_the_recorded_command_reproduces_the_figures_wherever_they_were_written(
     assert measurement_command(argv) == "python bench/compare.py --model sd15-random --steps 4 --threads 1"
 
 
-def test_live_webui_cost_tables_are_rendered_after_the_diffusers_sections(tmp_path):
-    """bench/report.py adds one section per results/webui/*.json (what the live suite's cost test writes)."""
+def live_cost_table(host: str, command: str, sampler: str, **figures) -> dict:
+    """A live host's cost table as its suite's cost test writes it (settings of the live suites' tiny jobs)."""
+    return {"host": host, "machine": "2 cores", "command": command, "date": "2026-12-07 22:00 UTC",
+            "method": "S and 2S steps",
+            "settings": {"steps": 4, "frames": 8, "candidates": 2, "size": "64x64", "sampler": sampler,
+                         "nivsds_iterations": 3, "regeneration_steps": 4}, **figures}
+
+
+def write_live_table(tmp_path, host_folder: str, table: dict) -> str:
     sys.path.insert(0, str(REPO))
     from bench.report import write_markdown
 
-    table = {"host": "AUTOMATIC1111 1.10.1 with i4vgen, sd-webui-animatediff", "machine": "2 cores",
-             "command": "make test-webui", "date": "2026-12-02 14:00 UTC", "method": "S and 2S steps",
-             "settings": {"steps": 4, "frames": 8, "candidates": 2, "size": "64x64", "sampler": "Euler a",
-                          "nivsds_iterations": 3, "regeneration_steps": 4},
-             "seconds_per_job": {"plain": 25.0, "i4vgen": 55.0, "freeinit": 45.0},
-             "unet_calls": {"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11},
-                            "freeinit": 8},
-             "call_price_s": {"video": 5.0, "image_over_candidates": 2.5, "r": 0.5, "fixed_per_plain_job": 5.0},
-             "ratio": {"plain": 1.0, "i4vgen": 2.2, "freeinit": 1.8},
-             "floor": {"plain": 1.0, "i4vgen": 2.0, "freeinit": 1.8},
-             "ratio_over_floor": {"plain": 1.0, "i4vgen": 1.1, "freeinit": 1.0}}
-    (tmp_path / "results" / "webui").mkdir(parents=True)
-    (tmp_path / "results" / "webui" / "a1111-cpu.json").write_text(json.dumps(table), encoding="utf-8")
-    text = write_markdown(tmp_path / "results", tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    (tmp_path / "results" / host_folder).mkdir(parents=True)
+    (tmp_path / "results" / host_folder / "cpu.json").write_text(json.dumps(table), encoding="utf-8")
+    return write_markdown(tmp_path / "results", tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+
+
+def test_live_webui_cost_tables_are_rendered_after_the_diffusers_sections(tmp_path):
+    """bench/report.py adds one section per results/webui/*.json (what the live suite's cost test writes)."""
+    table = live_cost_table(
+        "AUTOMATIC1111 1.10.1 with i4vgen, sd-webui-animatediff", "make test-webui", "Euler a",
+        seconds_per_job={"plain": 25.0, "i4vgen": 55.0, "freeinit": 45.0},
+        unet_calls={"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}, "freeinit": 8},
+        call_price_s={"video": 5.0, "image_over_candidates": 2.5, "r": 0.5, "fixed_per_plain_job": 5.0},
+        ratio={"plain": 1.0, "i4vgen": 2.2, "freeinit": 1.8}, floor={"plain": 1.0, "i4vgen": 2.0, "freeinit": 1.8},
+        ratio_over_floor={"plain": 1.0, "i4vgen": 1.1, "freeinit": 1.0})
+    text = write_live_table(tmp_path, "webui", table)
     assert "## Inside the WebUI: AUTOMATIC1111 1.10.1" in text
     assert "| I4VGen, 'official' preset | 55.00 | 2.200 | 2.000 | 1.100 | 11 (anchor 4, nivsds 3, regeneration 4) |" in text
     assert "**r = 0.500**" in text
@@ -256,21 +264,14 @@ def test_the_committed_benchmark_page_holds_the_tables_of_the_committed_results(
 
 def test_live_comfy_cost_tables_are_rendered_after_the_webui_sections(tmp_path):
     """bench/report.py adds one section per results/comfy/*.json (what the live ComfyUI suite's cost test writes)."""
-    sys.path.insert(0, str(REPO))
-    from bench.report import write_markdown
-
-    table = {"host": "ComfyUI 0.3.64 with ComfyUI-AnimateDiff-Evolved and i4vgen", "machine": "2 cores",
-             "command": "make test-comfy", "date": "2026-12-07 22:00 UTC", "method": "S and 2S steps",
-             "settings": {"steps": 4, "frames": 8, "candidates": 2, "size": "64x64", "sampler": "DDIM",
-                          "nivsds_iterations": 3, "regeneration_steps": 4},
-             "seconds_per_job": {"plain": 100.0, "i4vgen": 190.0, "plain_2s": 180.0, "image": 40.0},
-             "unet_calls": {"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}},
-             "call_price_s": {"video": 20.0, "image_over_candidates": 5.0, "r": 0.25, "fixed_per_plain_job": 20.0},
-             "ratio": {"plain": 1.0, "i4vgen": 1.9}, "floor": {"plain": 1.0, "i4vgen": 1.8},
-             "ratio_over_floor": {"plain": 1.0, "i4vgen": 1.056}}
-    (tmp_path / "results" / "comfy").mkdir(parents=True)
-    (tmp_path / "results" / "comfy" / "comfyui-cpu.json").write_text(json.dumps(table), encoding="utf-8")
-    text = write_markdown(tmp_path / "results", tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    table = live_cost_table(
+        "ComfyUI 0.3.64 with ComfyUI-AnimateDiff-Evolved and i4vgen", "make test-comfy", "DDIM",
+        seconds_per_job={"plain": 100.0, "i4vgen": 190.0, "plain_2s": 180.0, "image": 40.0},
+        unet_calls={"plain": 4, "i4vgen": {"anchor": 4, "nivsds": 3, "regeneration": 4, "total": 11}},
+        call_price_s={"video": 20.0, "image_over_candidates": 5.0, "r": 0.25, "fixed_per_plain_job": 20.0},
+        ratio={"plain": 1.0, "i4vgen": 1.9}, floor={"plain": 1.0, "i4vgen": 1.8},
+        ratio_over_floor={"plain": 1.0, "i4vgen": 1.056})
+    text = write_live_table(tmp_path, "comfy", table)
     assert "## Inside ComfyUI: ComfyUI 0.3.64" in text
     assert "| I4VGen node, 'official' preset | 190.00 | 1.900 | 1.800 | 1.056 | 11 (anchor 4, nivsds 3, regeneration 4) |" in text
     assert "**r = 0.250**" in text and "1.056 (over 5%)" in text

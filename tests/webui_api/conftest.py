@@ -3,13 +3,13 @@ set), request builders with tiny settings, the session's reference plain Animate
 (printed at the end of the run)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
+from ..live_suite import answer, live_hooks, server_url
 from .client import WebUI, gif_sizes
 
 URL_ENV = "I4VGEN_WEBUI_URL"
@@ -27,37 +27,14 @@ MOTION_MODULE = "mm_sd_v15_v2.safetensors"  # what tests/webui_api/build_models.
 MEASURED: Dict[str, Any] = {}  # numbers the tests measured, printed in the terminal summary
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get(URL_ENV):
-        return
-    skip = pytest.mark.skip(reason=f"{URL_ENV} is not set: no live WebUI to test against")
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if MEASURED:
-        terminalreporter.section("I4VGen live WebUI: measured")
-        for key, value in MEASURED.items():
-            terminalreporter.write_line(f"{key}: {json.dumps(value, sort_keys=True)}")
-
-
-@pytest.fixture(scope="session")
-def measured() -> Dict[str, Any]:
-    return MEASURED
+pytest_collection_modifyitems, pytest_terminal_summary, measured = live_hooks(HERE, URL_ENV, "WebUI", MEASURED)
 
 
 @pytest.fixture(scope="session")
 def webui() -> WebUI:
-    url = os.environ.get(URL_ENV)
-    if not url:
-        pytest.skip(f"{URL_ENV} is not set: no live WebUI to test against")
+    url = server_url(URL_ENV, "WebUI")
     client = WebUI(url)
-    try:
-        status, scripts = client.get("/sdapi/v1/scripts")
-    except OSError as error:
-        pytest.fail(f"{URL_ENV}={url} does not answer: {error}")
+    status, scripts = answer(client, "/sdapi/v1/scripts", URL_ENV, url)
     assert status == 200, f"GET /sdapi/v1/scripts: HTTP {status}: {scripts}"
     for tab in ("txt2img", "img2img"):
         names = {name.lower() for name in scripts[tab]}
