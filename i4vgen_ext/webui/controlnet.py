@@ -61,21 +61,10 @@ def enabled_units(p: Any) -> List[Tuple[int, Any]]:
     return [(i, unit) for i, unit in enumerate(units) if unit_field(unit, "enabled", False)]
 
 
-def controlnet_units_enabled(p: Any) -> bool:
-    """Whether sd-webui-controlnet has an enabled unit in this job."""
-    return bool(enabled_units(p))
-
-
 def check_units(p: Any) -> None:
-    """Refuse, by unit and by name, an enabled unit that is not a plain hint, and an SDXL refiner (ControlNet then
-    hooks per batch, on the refiner's UNet). Touches nothing."""
-    units = enabled_units(p)
-    if not units:
-        return
-    if getattr(p, "refiner_checkpoint", None) is not None:
-        raise Refusal("I4VGen with ControlNet: the SDXL refiner is not supported (ControlNet then hooks the refiner's "
-                      "UNet per batch). Turn the refiner off.")
-    for index, unit in units:
+    """Refuse, by unit and by name, an enabled unit that is not a plain hint (the SDXL refiner is refused before, by
+    ``refusals.check_job``). Touches nothing."""
+    for index, unit in enabled_units(p):
         module, model = str(unit_field(unit, "module", "none") or "none"), str(unit_field(unit, "model", "") or "")
         for part, why in NOT_A_HINT:
             if part in module.lower() or part in model.lower():
