@@ -19,56 +19,12 @@ from . import shim
 from .animatediff import AnimateDiffJob, MotionSwitch, motion_module_ejected
 from .attention import HostAttentionFeatures
 from .control import GridClock, JobControl
+from .direct_calls import DirectCalls
+from .sampler_inputs import borrowed, from_host_video, is_timestep_sampler, repeat_conds, to_host_video
 
 # (phase, video mode) -> the stage a single noise prediction belongs to.
 STAGES = {("i4vgen", True): "ni-vsds", ("evs", False): "evs-image", ("evs", True): "evs-video",
           ("evs-inversion", True): "evs-inversion"}
-
-
-def latent_shape(p: Any) -> tuple:
-    processing = shim.processing()
-    channels = getattr(p.sd_model, "latent_channels", processing.opt_C)
-    return channels, p.height // processing.opt_f, p.width // processing.opt_f
-
-
-def to_host_video(x: torch.Tensor) -> torch.Tensor:
-    """(1, 4, F, h, w) -> (F, 4, h, w)."""
-    return x[0].permute(1, 0, 2, 3).contiguous()
-
-
-def from_host_video(x: torch.Tensor) -> torch.Tensor:
-    """(F, 4, h, w) -> (1, 4, F, h, w)."""
-    return x.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
-
-
-def repeat_conds(c: Any, uc: Any, n: int) -> tuple:
-    """The head prompt's conditioning for ``n`` images, reusing the schedules the host already computed for this
-    batch (with the LoRA text-encoder part): ``MulticondLearnedConditioning(shape, batch)`` and the per-prompt list
-    of ``ScheduledPromptConditioning`` schedules (``modules/prompt_parser.py``)."""
-    cond = type(c)(shape=(n,), batch=[c.batch[0]] * n)
-    return cond, [uc[0]] * n
-
-
-def is_timestep_sampler(sampler: Any) -> bool:
-    """DDIM/PLMS/UniPC (``CompVisSampler``) take timesteps and return eps; k-diffusion ones take sigmas, return x0."""
-    return hasattr(sampler, "get_timesteps") and not hasattr(sampler, "get_sigmas")
-
-
-@contextlib.contextmanager
-def borrowed(obj: Any, **values: Any) -> Iterator[None]:
-    """Set attributes for the body and put the previous values (or their absence) back afterwards."""
-    missing = object()
-    saved = {name: obj.__dict__.get(name, missing) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(obj, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is missing:
-                obj.__dict__.pop(name, None)
-            else:
-                setattr(obj, name, value)
 
 
 class HostDenoiser:
@@ -97,11 +53,11 @@ class HostDenoiser:
         self._timesteps = sampling_timesteps(p.steps, settings.schedule)
         self.motion = motion if motion is not None else MotionSwitch(p.sd_model, ad)
         self.phase = phase
-        self.guidance = guidance  # None: the job's CFG scale
-        self._samplers: Dict[str, Any] = {}
         self._attention = HostAttentionFeatures(lambda: self.p.sd_model.model.diffusion_model)
         self.control = control  # ControlNet's units when it hooked this job
         self.clock = GridClock(self._timesteps)  # for ControlNet's guidance start/end
+        self._direct = DirectCalls(p, ad, settings, timesteps=self._timesteps, clock=self.clock,
+                                   new_sampler=self._new_sampler, guidance=guidance, control=control)
 
     def variant(self, *, phase: str, guidance: Optional[float] = None) -> "HostDenoiser":
         """Another denoiser over the same job and the same motion switch (e.g. EVS's inversion without CFG)."""
@@ -179,74 +135,17 @@ class HostDenoiser:
             self.motion.image()
         if self.on_stage is not None:
             self.on_stage(stage)
-        sampler = self._direct_sampler(stage, counted=video)
+        sampler = self._direct.sampler(stage, counted=video)
         if video:
             # The noised video this call denoises is what an interrupt returns, as the host's samplers return theirs.
             self.last_video = to_host_video(x).float()
             with self._attention.during_call(t):
-                eps = self._direct_eps(sampler, self.last_video, t, self.p.c, self.p.uc)
+                eps = self._direct.eps(sampler, self.last_video, t, self.p.c, self.p.uc)
         else:
-            eps = self._image_eps(sampler, x.float(), t)
+            eps = self._direct.image_eps(sampler, x.float(), t)
             self.unet_calls += 1  # one CFG evaluation of all frames, however many chunks it took
         self._check_interrupt()
         return from_host_video(eps.float()) if video else eps.float()
-
-    def _direct_sampler(self, stage: str, *, counted: bool) -> Any:
-        if stage not in self._samplers:
-            steps = self.settings.nivsds_iterations if stage == "ni-vsds" else len(self._timesteps)
-            self._samplers[stage] = self._prepare_direct_calls(self._new_sampler(counted=counted), steps)
-            if stage == "ni-vsds":  # EVS keeps one bar over its stages (progress.StageProgress.evs_started)
-                state = shim.state()
-                state.sampling_steps, state.sampling_step = steps, 0
-        return self._samplers[stage]
-
-    def _image_eps(self, sampler: Any, frames: torch.Tensor, t: int) -> torch.Tensor:
-        """Frames as separate images (motion module out), the head prompt's conds repeated per image. The CFG
-        denoiser's step is the timestep's index on the S-step grid, so prompt editing picks the right prompt. Chunks
-        of AnimateDiff's context size keep a call no larger than one video call."""
-        index = self._timesteps.index(int(t)) if int(t) in self._timesteps else 0
-        out: List[torch.Tensor] = []
-        for chunk in torch.split(frames, max(1, self.ad.context_size)):
-            c, uc = repeat_conds(self.p.c, self.p.uc, chunk.shape[0])
-            sampler.model_wrap_cfg.step = index
-            start = sum(o.shape[0] for o in out)
-            with self._control_rows(start, start + chunk.shape[0]):
-                out.append(self._direct_eps(sampler, chunk, t, c, uc))
-        return torch.cat(out)
-
-    def _control_rows(self, start: int, stop: int) -> contextlib.AbstractContextManager:
-        """ControlNet's per-frame control cut to frames ``start:stop`` for an image-mode call."""
-        return self.control.frame_rows(start, stop) if self.control is not None else contextlib.nullcontext()
-
-    def _direct_eps(self, sampler: Any, frames: torch.Tensor, t: int, c: Any, uc: Any) -> torch.Tensor:
-        """One call of the sampler's CFG denoiser on (N, 4, h, w) latents at training timestep ``t`` -> eps."""
-        p = self.p
-        scale = p.cfg_scale if self.guidance is None else self.guidance
-        self.clock.at_timestep(t)
-        abar = self.alphas_cumprod[int(t)].to(frames.device)
-        image_cond = p.txt2img_image_conditioning(frames)
-        if is_timestep_sampler(sampler):
-            t_in = torch.full((frames.shape[0],), float(t), device=frames.device)
-            return sampler.model_wrap_cfg(frames, t_in, uncond=uc, cond=c, cond_scale=scale,
-                                          s_min_uncond=sampler.s_min_uncond, image_cond=image_cond).float()
-        sigma = ((1 - abar) / abar).sqrt()
-        x_k = frames / abar.sqrt()
-        sigma_in = sigma.repeat(frames.shape[0])
-        x0 = sampler.model_wrap_cfg(x_k, sigma_in, uncond=uc, cond=c, cond_scale=scale,
-                                    s_min_uncond=sampler.s_min_uncond, image_cond=image_cond)
-        return (x_k - x0.float()) / sigma
-
-    def _prepare_direct_calls(self, sampler: Any, steps: int) -> Any:
-        """What ``Sampler.sample`` sets up before its loop, for calling ``model_wrap_cfg`` by hand
-        (``sd_samplers_common.Sampler.initialize`` / ``launch_sampling``)."""
-        p = self.p
-        sampler.initialize(p)
-        sampler.model_wrap_cfg.steps = steps
-        sampler.model_wrap_cfg.total_steps = sampler.config.total_steps(steps) if sampler.config else steps
-        sampler.sampler_extra_args = {
-            "cond": p.c, "image_cond": None, "uncond": p.uc, "cond_scale": p.cfg_scale, "s_min_uncond": sampler.s_min_uncond,
-        }
-        return sampler
 
     def denoise(self, x: Optional[torch.Tensor], noise: torch.Tensor, *, steps: int, video: bool, stage: str,
                 callback: Optional[StepCallback] = None) -> torch.Tensor:
@@ -346,12 +245,12 @@ class HostDenoiser:
         if self.on_stage is not None:
             self.on_stage(stage)
         self.motion.video()
-        sampler = self._direct_sampler(stage, counted=True)
+        sampler = self._direct.sampler(stage, counted=True)
 
         def predict(latents: torch.Tensor, t: int) -> torch.Tensor:
             frames = to_host_video(latents).float()
             self.last_video = frames
-            eps = self._direct_eps(sampler, frames, t, self.p.c, self.p.uc)
+            eps = self._direct.eps(sampler, frames, t, self.p.c, self.p.uc)
             self._check_interrupt()
             return from_host_video(eps.float())
 

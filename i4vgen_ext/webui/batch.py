@@ -18,7 +18,7 @@ from ..errors import JobError
 from . import shim
 from .anchor import encode_anchor
 from .args import ScriptArgs
-from .backbone import HostDenoiser, from_host_video, latent_shape, to_host_video
+from .backbone import HostDenoiser
 from .control import JobControl
 from .infotext import infotext_value, stopped_value
 from .plan import BORROWED_FIELDS, BatchOutcome, JobPlan, resolve_settings
@@ -26,6 +26,7 @@ from .progress import StageProgress
 from .ranking import RankerCache
 from .refine import DRAWS_BEFORE_EVS, host_evs_noises
 from .results import summary, timing
+from .sampler_inputs import from_host_video, latent_shape, to_host_video
 
 log = logging.getLogger("i4vgen")
 

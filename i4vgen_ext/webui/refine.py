@@ -11,7 +11,7 @@ import torch
 
 from ..core.evs import EVSNoises
 from . import shim
-from .backbone import from_host_video, latent_shape
+from .sampler_inputs import from_host_video, latent_shape
 
 DRAWS_BEFORE_EVS = {"evs": 1, "i4vgen+evs": 2}
 

@@ -15,7 +15,7 @@ from i4vgen_ext.core.anchor_image import fit_to_video, load_anchor_image
 from i4vgen_ext.webui import batch as i4vgen_batch
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui.anchor import describe_anchor, encode_anchor, image_to_tensor
-from i4vgen_ext.webui.backbone import from_host_video, to_host_video
+from i4vgen_ext.webui.sampler_inputs import from_host_video, to_host_video
 
 from .conftest import (
     STAGE_TEXT,

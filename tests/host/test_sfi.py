@@ -15,7 +15,7 @@ from i4vgen_ext.core import compose as refine  # where EVS runs (core.compose.ru
 from i4vgen_ext.core.attention import record_rows as _record_rows
 from i4vgen_ext.webui import job as i4vgen_job
 from i4vgen_ext.webui.attention import _forward_through, select_layers, spatial_self_attention_layers, wrapped_forwards
-from i4vgen_ext.webui.backbone import to_host_video
+from i4vgen_ext.webui.sampler_inputs import to_host_video
 
 from .conftest import STAGE_TEXT, ad_args, assert_restored, gif_frames, make_p, pasted_values, run, ui_args
 
