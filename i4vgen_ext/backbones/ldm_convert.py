@@ -2,7 +2,7 @@
 
 Used to make single-file fixtures from a diffusers folder (an A1111-style ``.safetensors`` checkpoint and an
 AnimateDiff ``mm_*.ckpt``) and to match LoRA layer names written in the LDM layout. Works for any SD1.5-topology
-UNet whatever its widths or layers per block. Pure tensor work: no diffusers import.
+UNet whatever its widths or layers per block, and for SDXL's (three levels, the pooled-text/size ``label_emb``). Pure tensor work: no diffusers import.
 """
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def unet_key_to_ldm(key: str, config: Mapping) -> str:
         return _swap_prefix(key, "time_embedding.linear_1.", "time_embed.0.")
     if key.startswith("time_embedding.linear_2."):
         return _swap_prefix(key, "time_embedding.linear_2.", "time_embed.2.")
+    if key.startswith("add_embedding.linear_1."):
+        return _swap_prefix(key, "add_embedding.linear_1.", "label_emb.0.0.")
+    if key.startswith("add_embedding.linear_2."):
+        return _swap_prefix(key, "add_embedding.linear_2.", "label_emb.0.2.")
     if key.startswith("conv_norm_out."):
         return _swap_prefix(key, "conv_norm_out.", "out.0.")
     if key.startswith("conv_out."):

@@ -1,13 +1,17 @@
 """Write random-weight, full-size SD1.5 model files into an AUTOMATIC1111 WebUI folder, in the formats the WebUI,
 sd-webui-animatediff and sd-webui-controlnet load, so that a live server can run our extension offline: a checkpoint
 in the original LDM key layout (models/Stable-diffusion/random-sd15.safetensors), an AnimateDiff v2 motion module
-(extensions/sd-webui-animatediff/model/mm_sd_v15_v2.safetensors, with v1, v3 and AnimateLCM-shaped ones beside it),
-a ControlNet in the original ``control_model.`` layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small
+(extensions/sd-webui-animatediff/model/mm_sd_v15_v2.safetensors, with v1, v3 and AnimateLCM-shaped ones beside it), a
+ControlNet in the original ``control_model.`` layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small
 kohya LoRA (models/Lora/random-lora.safetensors) and a motion LoRA for the v2 module
-(models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and
-config in the Hugging Face cache layout, which the WebUI reads when it builds the model (start it with HF_HOME set to
-that folder). The same seed writes the same files. Weights are stored in fp16 (the WebUI upcasts them under
-``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR [--hf-home DIR] [--seed N]``.
+(models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--sdxl`` also an SDXL base checkpoint
+(models/Stable-diffusion/random-sdxl.safetensors, ``sdxl_models.py``) and an AnimateDiff-XL module
+(mm_sdxl_v10_beta_random.safetensors; the HotShot-XL one is always written); with ``--hf-home`` also the
+``openai/clip-vit-large-patch14`` tokenizer and config in the Hugging Face cache layout, which the WebUI reads when it
+builds the model (start it with HF_HOME set to that folder). The same seed writes the same files. Weights are stored
+in fp16 (the WebUI upcasts them under ``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR
+[--hf-home DIR] [--sdxl] [--seed N]``. ``--sdxl`` needs about 8 GB of free memory for two minutes; a server running it
+holds about 15 GB.
 """
 from __future__ import annotations
 
@@ -40,9 +44,11 @@ MOTION_MODULES = (
     ("mm_sd_v15.safetensors", MM_V1, True),
     ("v3_sd15_mm.safetensors", MM_V3, True),
     ("animatelcm_sd15_random.safetensors", MM_V2, False),
-    # three levels, 24 positions: AnimateDiff guesses HotShot-XL, an SDXL module that I4VGen and AnimateDiff refuse
+    # three levels, 24 positions: AnimateDiff guesses HotShot-XL (an SDXL module: refused on SD1.5 checkpoints)
     ("hotshotxl_random.safetensors", {**MM_V1, "block_out_channels": (320, 640, 1280)}, True),
 )
+# three levels, 32 positions: AnimateDiff guesses AnimateDiff-XL
+SDXL_MOTION_MODULE = ("mm_sdxl_v10_beta_random.safetensors", {**MM_V3, "block_out_channels": (320, 640, 1280)}, True)
 MOTION_LORA_FOR = "mm_sd_v15_v2.safetensors"  # motion LoRAs apply to v2 modules only (AnimateDiff's docs)
 
 
@@ -133,6 +139,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--webui", type=Path, required=True, help="WebUI root (holds models/ and extensions/)")
     parser.add_argument("--hf-home", type=Path, help="also write the CLIP tokenizer/config cache here (HF_HOME)")
+    parser.add_argument("--sdxl", action="store_true", help="also write the SDXL checkpoint and AnimateDiff-XL module")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
@@ -152,7 +159,8 @@ def main(argv=None) -> None:
     save(lora(unet, text, seed + 5), models / "Lora" / "random-lora.safetensors")
     del unet_ldm, unet, text
     folder = args.webui / "extensions" / "sd-webui-animatediff" / "model"
-    for offset, (name, config, positions) in enumerate(MOTION_MODULES):
+    modules = MOTION_MODULES + ((SDXL_MOTION_MODULE,) if args.sdxl else ())
+    for offset, (name, config, positions) in enumerate(modules):
         adapter = seeded(seed + 6 + offset, lambda: MotionAdapter(**config))
         motion = motion_adapter_to_original(adapter.state_dict(), config["motion_max_seq_length"])
         if not positions:  # AnimateLCM's files hold no positional encodings (AnimateDiff then guesses AnimateLCM)
@@ -162,6 +170,10 @@ def main(argv=None) -> None:
         if name == MOTION_LORA_FOR:
             save(motion_lora(motion, seed + 20), models / "Lora" / "mm_sd15_v2_lora_random.safetensors")
         del adapter, motion
+    if args.sdxl:
+        from sdxl_models import write_sdxl_checkpoint
+
+        write_sdxl_checkpoint(models / "Stable-diffusion" / "random-sdxl.safetensors", seed + 30)
 
 
 if __name__ == "__main__":

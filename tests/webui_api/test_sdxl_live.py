@@ -1,7 +1,8 @@
-"""I4VGen on an SDXL checkpoint with an SDXL motion module on a live WebUI: txt2img, the anchor image and batch count 2,
-and a plain job on the SD1.5 checkpoint afterwards unchanged. Needs an SDXL checkpoint on the server, named by
-``I4VGEN_WEBUI_SDXL_CHECKPOINT`` (its title in /sdapi/v1/sd-models), and an AnimateDiff SDXL or HotShot-XL module,
-named by ``I4VGEN_WEBUI_SDXL_MOTION_MODULE``; skipped otherwise (``build_models.py`` does not write SDXL weights)."""
+"""I4VGen on an SDXL checkpoint with an SDXL motion module on a live WebUI: txt2img, the anchor image, batch count 2,
+HotShot-XL, and a plain job on the SD1.5 checkpoint afterwards unchanged. Needs an SDXL checkpoint on the server,
+named by ``I4VGEN_WEBUI_SDXL_CHECKPOINT`` (its title in /sdapi/v1/sd-models), and an AnimateDiff SDXL or HotShot-XL
+module, named by ``I4VGEN_WEBUI_SDXL_MOTION_MODULE``; skipped otherwise. ``build_models.py --sdxl`` writes both
+(random-sdxl.safetensors, mm_sdxl_v10_beta_random.safetensors)."""
 from __future__ import annotations
 
 import os
@@ -10,14 +11,20 @@ import pytest
 from PIL import Image
 
 from .client import encode_png
-from .conftest import assert_video
+from .conftest import assert_video, motion_module_files
 
 TXT2IMG = "/sdapi/v1/txt2img"
-XL_SIZE = 128  # SDXL's UNet downsamples three times: 16x16 latents
+OPTIONS = "/sdapi/v1/options"
+XL_SIZE = 128  # 16x16 latents through SDXL's three UNet levels
+HOTSHOT = "hotshotxl_random.safetensors"  # what build_models.py writes
 
 
 @pytest.fixture(scope="module")
 def sdxl(webui) -> dict:
+    """Selects the SDXL checkpoint the way a user does, in the settings, and puts the settings back afterwards.
+    A request's ``override_settings`` would come too late: AnimateDiff checks its module against the loaded model in
+    ``before_process``, before A1111 applies a request's checkpoint. The live previews use "Approx cheap" because the
+    SDXL "Approx NN" model is a download, and this server is offline."""
     checkpoint = os.environ.get("I4VGEN_WEBUI_SDXL_CHECKPOINT")
     module = os.environ.get("I4VGEN_WEBUI_SDXL_MOTION_MODULE")
     if not checkpoint or not module:
@@ -26,15 +33,23 @@ def sdxl(webui) -> dict:
     titles = [m.get("title") for m in models or []] + [m.get("model_name") for m in models or []]
     if checkpoint not in titles:
         pytest.skip(f"the server has no checkpoint {checkpoint!r}: {titles}")
-    return {"override_settings": {"sd_model_checkpoint": checkpoint},
-            "override_settings_restore_afterwards": True, "module": module}
+    _, options = webui.get(OPTIONS)
+    saved = {key: options[key] for key in ("sd_model_checkpoint", "show_progress_type")}
+
+    def restore() -> None:
+        status, body = webui.post(OPTIONS, saved)
+        assert status == 200, body
+
+    status, body = webui.post(OPTIONS, {"sd_model_checkpoint": checkpoint, "show_progress_type": "Approx cheap"})
+    assert status == 200, body
+    yield {"module": module, "restore": restore}
+    restore()
 
 
-def xl_job(webui, payload, sdxl, **i4vgen):
-    fields = {k: v for k, v in sdxl.items() if k != "module"}
+def xl_job(webui, payload, sdxl, module=None, **i4vgen):
     n_iter = i4vgen.pop("n_iter", 1)
-    body = payload.txt2img(i4vgen=i4vgen or True, animatediff={"model": sdxl["module"]}, width=XL_SIZE,
-                           height=XL_SIZE, n_iter=n_iter, **fields)
+    body = payload.txt2img(i4vgen=i4vgen or True, animatediff={"model": module or sdxl["module"]}, width=XL_SIZE,
+                           height=XL_SIZE, n_iter=n_iter)
     return webui.job(TXT2IMG, body)
 
 
@@ -59,6 +74,15 @@ def test_sdxl_batch_count_two(webui, payload, plain_reference, sdxl):
     assert len(job.gifs) == 2, f"{len(job.gifs)} videos for batch count 2"
 
 
-def test_plain_job_unchanged_after_sdxl(webui, payload, plain_reference):
+def test_sdxl_hotshot(webui, payload, plain_reference, sdxl):
+    if HOTSHOT not in motion_module_files(webui):
+        pytest.skip(f"the server has no {HOTSHOT}")
+    job = xl_job(webui, payload, sdxl, module=HOTSHOT)
+    assert_video(job, size=XL_SIZE)
+    assert job.record is not None and job.record["unet_calls"]["anchor"] > 0, job
+
+
+def test_plain_job_unchanged_after_sdxl(webui, payload, plain_reference, sdxl):
+    sdxl["restore"]()
     job = webui.job(TXT2IMG, payload.txt2img())
     assert job.gifs == plain_reference.gifs, "a plain SD1.5 AnimateDiff job changed after I4VGen jobs on SDXL"
