@@ -41,6 +41,10 @@ def unet_key_to_ldm(key: str, config: Mapping) -> str:
         return _swap_prefix(key, "time_embedding.linear_1.", "time_embed.0.")
     if key.startswith("time_embedding.linear_2."):
         return _swap_prefix(key, "time_embedding.linear_2.", "time_embed.2.")
+    if key.startswith("add_embedding.linear_1."):
+        return _swap_prefix(key, "add_embedding.linear_1.", "label_emb.0.0.")
+    if key.startswith("add_embedding.linear_2."):
+        return _swap_prefix(key, "add_embedding.linear_2.", "label_emb.0.2.")
     if key.startswith("conv_norm_out."):
         return _swap_prefix(key, "conv_norm_out.", "out.0.")
     if key.startswith("conv_out."):
