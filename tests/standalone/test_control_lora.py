@@ -88,10 +88,12 @@ def test_hint_block_zero_convs_and_middle_out_widths(unet_shapes, state):
     assert state["middle_block_out.0.weight"].shape == (64, 64, 1, 1)
 
 
-def test_finite_and_seeded(unet_shapes, state):
+def test_finite_seeded_and_the_same_from_tensors(unet_shapes, state):
     assert all(torch.isfinite(t).all() for t in state.values())
     again, other = control_lora(unet_shapes, rank=RANK, seed=0), control_lora(unet_shapes, rank=RANK, seed=1)
     assert all(torch.equal(state[k], again[k]) for k in state)
+    from_tensors = control_lora({k: torch.empty(v, device="meta") for k, v in unet_shapes.items()}, rank=RANK, seed=0)
+    assert all(torch.equal(state[k], from_tensors[k]) for k in state)
     assert not torch.equal(state["zero_convs.0.0.weight"], other["zero_convs.0.0.weight"])
 
 

@@ -22,7 +22,7 @@ Random scales keep outputs finite and the control visible: each LoRA delta is ~0
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Sequence, Tuple, Union
 
 import torch
 
@@ -36,7 +36,7 @@ LORA_DELTA = 0.1
 SMALL = 0.02
 ZERO_CONV_GAIN = 0.5
 
-Shapes = Mapping[str, Sequence[int]]
+Shapes = Mapping[str, Union[Sequence[int], torch.Tensor]]
 
 
 def _normal(shape: Sequence[int], std: float, generator: torch.Generator) -> torch.Tensor:
@@ -44,8 +44,9 @@ def _normal(shape: Sequence[int], std: float, generator: torch.Generator) -> tor
 
 
 def encoder_shapes(unet_ldm_shapes: Shapes) -> Dict[str, Tuple[int, ...]]:
-    """The encoder part of an LDM UNet key set (with or without ``model.diffusion_model.``), in ControlNet names."""
-    shapes = {k.removeprefix(UNET_PREFIX): tuple(v) for k, v in unet_ldm_shapes.items()}
+    """The encoder part of an LDM UNet key set (with or without ``model.diffusion_model.``; shapes or the tensors
+    themselves), in ControlNet names."""
+    shapes = {k.removeprefix(UNET_PREFIX): tuple(getattr(v, "shape", v)) for k, v in unet_ldm_shapes.items()}
     return {k: v for k, v in sorted(shapes.items()) if k.split(".")[0] in ENCODER_PARTS}
 
 
