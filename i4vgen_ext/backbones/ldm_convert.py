@@ -2,7 +2,8 @@
 
 Used to make single-file fixtures from a diffusers folder (an A1111-style ``.safetensors`` checkpoint and an
 AnimateDiff ``mm_*.ckpt``) and to match LoRA layer names written in the LDM layout. Works for any SD1.5-topology
-UNet whatever its widths or layers per block, and for SDXL's (three levels, the pooled-text/size ``label_emb``). Pure tensor work: no diffusers import.
+UNet whatever its widths or layers per block, and for SDXL's (three levels, the pooled-text/size ``label_emb``).
+Pure tensor work: no diffusers import.
 """
 from __future__ import annotations
 

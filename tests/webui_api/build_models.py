@@ -5,13 +5,13 @@ in the original LDM key layout (models/Stable-diffusion/random-sd15.safetensors)
 ControlNet in the original ``control_model.`` layout (models/ControlNet/control_v11p_sd15_canny.safetensors), a small
 kohya LoRA (models/Lora/random-lora.safetensors) and a motion LoRA for the v2 module
 (models/Lora/mm_sd15_v2_lora_random.safetensors); with ``--sdxl`` also an SDXL base checkpoint
-(models/Stable-diffusion/random-sdxl.safetensors, ``sdxl_models.py``) and an AnimateDiff-XL module
-(mm_sdxl_v10_beta_random.safetensors; the HotShot-XL one is always written); with ``--hf-home`` also the
-``openai/clip-vit-large-patch14`` tokenizer and config in the Hugging Face cache layout, which the WebUI reads when it
-builds the model (start it with HF_HOME set to that folder). The same seed writes the same files. Weights are stored
-in fp16 (the WebUI upcasts them under ``--no-half``). Usage: ``python tests/webui_api/build_models.py --webui DIR
-[--hf-home DIR] [--sdxl] [--seed N]``. ``--sdxl`` needs about 8 GB of free memory for two minutes; a server running it
-holds about 15 GB.
+(models/Stable-diffusion/random-sdxl.safetensors, ``sdxl_models.py``), a Control-LoRA for it (``control_lora.py``) and
+an AnimateDiff-XL module (mm_sdxl_v10_beta_random.safetensors; the HotShot-XL one is always written); with
+``--hf-home`` also the ``openai/clip-vit-large-patch14`` tokenizer and config in the Hugging Face cache layout, which
+the WebUI reads when it builds the model (start it with HF_HOME set to that folder). The same seed writes the same
+files. Weights are stored in fp16 (the WebUI upcasts them under ``--no-half``). Usage: ``python
+tests/webui_api/build_models.py --webui DIR [--hf-home DIR] [--sdxl] [--seed N]``. ``--sdxl`` needs about 8 GB of free
+memory for two minutes; a server running it holds about 15 GB.
 """
 from __future__ import annotations
 
@@ -171,9 +171,11 @@ def main(argv=None) -> None:
             save(motion_lora(motion, seed + 20), models / "Lora" / "mm_sd15_v2_lora_random.safetensors")
         del adapter, motion
     if args.sdxl:
+        from control_lora import FILE_NAME, RANK, control_lora
         from sdxl_models import write_sdxl_checkpoint
 
-        write_sdxl_checkpoint(models / "Stable-diffusion" / "random-sdxl.safetensors", seed + 30)
+        shapes = write_sdxl_checkpoint(models / "Stable-diffusion" / "random-sdxl.safetensors", seed + 30)
+        save(control_lora(shapes, RANK, seed + 31), models / "ControlNet" / FILE_NAME)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ FRAMES = 8
 SIZE = 64
 CANDIDATES = 2
 MOTION_MODULE = "mm_sd_v15_v2.safetensors"  # what tests/webui_api/build_models.py writes
+XL_SIZE = 128  # 16x16 latents through SDXL's three UNet levels
+OPTIONS = "/sdapi/v1/options"
 
 MEASURED: Dict[str, Any] = {}  # numbers the tests measured, printed in the terminal summary
 
@@ -133,3 +135,30 @@ def plain_reference(webui: WebUI, payload: Payloads):
     job = webui.job("/sdapi/v1/txt2img", payload.txt2img())
     assert_video(job)
     return job
+
+
+@pytest.fixture(scope="module")
+def sdxl(webui) -> dict:
+    """Selects the SDXL checkpoint the way a user does, in the settings, and puts the settings back afterwards.
+    A request's ``override_settings`` would come too late: AnimateDiff checks its module against the loaded model in
+    ``before_process``, before A1111 applies a request's checkpoint. The live previews use "Approx cheap" because the
+    SDXL "Approx NN" model is a download, and this server is offline."""
+    checkpoint = os.environ.get("I4VGEN_WEBUI_SDXL_CHECKPOINT")
+    module = os.environ.get("I4VGEN_WEBUI_SDXL_MOTION_MODULE")
+    if not checkpoint or not module:
+        pytest.skip("I4VGEN_WEBUI_SDXL_CHECKPOINT / I4VGEN_WEBUI_SDXL_MOTION_MODULE are not set")
+    _, models = webui.get("/sdapi/v1/sd-models")
+    titles = [m.get("title") for m in models or []] + [m.get("model_name") for m in models or []]
+    if checkpoint not in titles:
+        pytest.skip(f"the server has no checkpoint {checkpoint!r}: {titles}")
+    _, options = webui.get(OPTIONS)
+    saved = {key: options[key] for key in ("sd_model_checkpoint", "show_progress_type")}
+
+    def restore() -> None:
+        status, body = webui.post(OPTIONS, saved)
+        assert status == 200, body
+
+    status, body = webui.post(OPTIONS, {"sd_model_checkpoint": checkpoint, "show_progress_type": "Approx cheap"})
+    assert status == 200, body
+    yield {"module": module, "restore": restore}
+    restore()

@@ -9,16 +9,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from . import test_sdxl_live as sdxl_live
 from .client import encode_png
-from .conftest import assert_video
+from .conftest import XL_SIZE, assert_video
 from .test_controlnet_live import controlnet, error_message, pixels, unit
 
 TXT2IMG = "/sdapi/v1/txt2img"
-XL_SIZE = sdxl_live.XL_SIZE
 SD1_NAMES = ("sd14", "sd15", "sd16")  # scripts/enums.py StableDiffusionVersion.detect_from_model_name: an SD1.x model
-
-sdxl = sdxl_live.sdxl  # the module-scoped fixture: the SDXL checkpoint override and motion module, or a skip
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +36,8 @@ def drawn_image() -> Image.Image:
 
 
 def xl_job(webui, payload, sdxl, alwayson=None):
-    fields = {k: v for k, v in sdxl.items() if k != "module"}
     return webui.job(TXT2IMG, payload.txt2img(i4vgen=True, animatediff={"model": sdxl["module"]}, width=XL_SIZE,
-                                              height=XL_SIZE, alwayson=alwayson, **fields))
+                                              height=XL_SIZE, alwayson=alwayson))
 
 
 @pytest.fixture(scope="module")

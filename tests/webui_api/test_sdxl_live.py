@@ -5,45 +5,14 @@ module, named by ``I4VGEN_WEBUI_SDXL_MOTION_MODULE``; skipped otherwise. ``build
 (random-sdxl.safetensors, mm_sdxl_v10_beta_random.safetensors)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 from PIL import Image
 
 from .client import encode_png
-from .conftest import assert_video, motion_module_files
+from .conftest import XL_SIZE, assert_video, motion_module_files
 
 TXT2IMG = "/sdapi/v1/txt2img"
-OPTIONS = "/sdapi/v1/options"
-XL_SIZE = 128  # 16x16 latents through SDXL's three UNet levels
 HOTSHOT = "hotshotxl_random.safetensors"  # what build_models.py writes
-
-
-@pytest.fixture(scope="module")
-def sdxl(webui) -> dict:
-    """Selects the SDXL checkpoint the way a user does, in the settings, and puts the settings back afterwards.
-    A request's ``override_settings`` would come too late: AnimateDiff checks its module against the loaded model in
-    ``before_process``, before A1111 applies a request's checkpoint. The live previews use "Approx cheap" because the
-    SDXL "Approx NN" model is a download, and this server is offline."""
-    checkpoint = os.environ.get("I4VGEN_WEBUI_SDXL_CHECKPOINT")
-    module = os.environ.get("I4VGEN_WEBUI_SDXL_MOTION_MODULE")
-    if not checkpoint or not module:
-        pytest.skip("I4VGEN_WEBUI_SDXL_CHECKPOINT / I4VGEN_WEBUI_SDXL_MOTION_MODULE are not set")
-    _, models = webui.get("/sdapi/v1/sd-models")
-    titles = [m.get("title") for m in models or []] + [m.get("model_name") for m in models or []]
-    if checkpoint not in titles:
-        pytest.skip(f"the server has no checkpoint {checkpoint!r}: {titles}")
-    _, options = webui.get(OPTIONS)
-    saved = {key: options[key] for key in ("sd_model_checkpoint", "show_progress_type")}
-
-    def restore() -> None:
-        status, body = webui.post(OPTIONS, saved)
-        assert status == 200, body
-
-    status, body = webui.post(OPTIONS, {"sd_model_checkpoint": checkpoint, "show_progress_type": "Approx cheap"})
-    assert status == 200, body
-    yield {"module": module, "restore": restore}
-    restore()
 
 
 def xl_job(webui, payload, sdxl, module=None, **i4vgen):
