@@ -99,6 +99,33 @@ def test_animatediffs_control_video(webui, payload, canny, without_unit, frames_
     assert_controlled(job, without_unit, measured, "controlnet_animatediff_video")
 
 
+# Preprocessors that need no annotator download (this server is offline): the others run the same code path.
+@pytest.mark.parametrize("module", ["none", "tile_resample", "scribble_xdog", "lineart_standard"])
+def test_image_preprocessors(webui, payload, canny, without_unit, module, measured):
+    job = webui.job(TXT2IMG, payload.txt2img(i4vgen=True, alwayson=controlnet(
+        unit(canny, module=module, image=encode_png(control_frame(0))))))
+    assert_controlled(job, without_unit, measured, f"controlnet_{module}")
+
+
+def test_pixel_perfect_low_vram_resize_and_fill_prompt_first(webui, payload, canny, without_unit, measured):
+    job = webui.job(TXT2IMG, payload.txt2img(i4vgen=True, alwayson=controlnet(
+        unit(canny, image=encode_png(control_frame(0).resize((SIZE, SIZE // 2))), pixel_perfect=True, low_vram=True,
+             resize_mode="Resize and Fill", control_mode="My prompt is more important"))))
+    assert_controlled(job, without_unit, measured, "controlnet_unit_options")
+
+
+def test_hires_fix_with_a_unit(webui, payload, canny, measured):
+    hires = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5)
+    plain = webui.job(TXT2IMG, payload.txt2img(i4vgen=True, **hires))
+    job = webui.job(TXT2IMG, payload.txt2img(i4vgen=True, alwayson=controlnet(
+        unit(canny, image=encode_png(control_frame(0)))), **hires))
+    measured["controlnet_hires"] = {"status": job.status, "seconds": round(job.seconds, 1),
+                                    "record": job.record if job.status == 200 else error_message(job)}
+    assert_video(job, size=2 * SIZE)
+    assert job.record is not None and job.record.get("unet_calls"), job
+    assert pixels(job) != pixels(plain), "the ControlNet unit had no effect on the Hires. fix I4VGen video"
+
+
 def test_two_units_with_guidance_end(webui, payload, canny, frames_folder, measured):
     """One image unit and one per-frame unit with guidance end 0.5, at 6 steps (a plain job then leaves the last
     step uncontrolled: A1111's counters give it 4/6): differs from guidance end 1 and from no units."""
