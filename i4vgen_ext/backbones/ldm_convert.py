@@ -23,6 +23,14 @@ _RESNET_NAMES = {
 _VAE_ATTENTION_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
+# UNet layers outside the blocks; add_embedding is SDXL's pooled-text/size embedding
+_RENAMED_PREFIXES = {
+    "conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+}
+
+
 def _swap_prefix(key: str, old: str, new: str) -> str:
     return new + key[len(old):]
 
@@ -36,20 +44,9 @@ def unet_key_to_ldm(key: str, config: Mapping) -> str:
     """One diffusers UNet2DConditionModel key (no prefix) in the LDM ``model.diffusion_model`` layout (no prefix)."""
     per_level = int(config["layers_per_block"]) + 1
     parts = key.split(".")
-    if key.startswith("conv_in."):
-        return _swap_prefix(key, "conv_in.", "input_blocks.0.0.")
-    if key.startswith("time_embedding.linear_1."):
-        return _swap_prefix(key, "time_embedding.linear_1.", "time_embed.0.")
-    if key.startswith("time_embedding.linear_2."):
-        return _swap_prefix(key, "time_embedding.linear_2.", "time_embed.2.")
-    if key.startswith("add_embedding.linear_1."):
-        return _swap_prefix(key, "add_embedding.linear_1.", "label_emb.0.0.")
-    if key.startswith("add_embedding.linear_2."):
-        return _swap_prefix(key, "add_embedding.linear_2.", "label_emb.0.2.")
-    if key.startswith("conv_norm_out."):
-        return _swap_prefix(key, "conv_norm_out.", "out.0.")
-    if key.startswith("conv_out."):
-        return _swap_prefix(key, "conv_out.", "out.2.")
+    for old, new in _RENAMED_PREFIXES.items():
+        if key.startswith(old):
+            return _swap_prefix(key, old, new)
     if parts[0] == "down_blocks":
         level, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
         if kind == "resnets":

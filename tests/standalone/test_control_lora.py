@@ -11,19 +11,17 @@ import torch
 
 from i4vgen_ext.backbones.ldm_convert import unet_to_ldm
 from tests.webui_api.control_lora import ENCODER_PARTS, MARKER, UNET_PREFIX, control_lora
+from tests.webui_api.sdxl_models import SDXL_UNET
 
 diffusers = pytest.importorskip("diffusers")
 
 # SDXL's topology (no attention at level 0, 2 and then more transformer blocks, linear projections, text_time
 # added embedding = label_emb) at tiny widths.
-TINY_SDXL_UNET = dict(
-    sample_size=16, layers_per_block=2, block_out_channels=(32, 64, 64),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 3), attention_head_dim=(2, 4, 4), cross_attention_dim=32,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
-)
+TINY_SDXL_UNET = {
+    **SDXL_UNET, "sample_size": 16, "block_out_channels": (32, 64, 64), "transformer_layers_per_block": (1, 2, 3),
+    "attention_head_dim": (2, 4, 4), "cross_attention_dim": 32, "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8, "norm_num_groups": 8,
+}
 RANK = 4
 
 
