@@ -162,3 +162,11 @@ def sdxl(webui) -> dict:
     assert status == 200, body
     yield {"module": module, "restore": restore}
     restore()
+
+
+def xl_job(webui: WebUI, payload: Payloads, sdxl: dict, *, module: Optional[str] = None,
+           alwayson: Optional[dict] = None, n_iter: int = 1, **i4vgen: Any):
+    """An I4VGen txt2img job at XL_SIZE on the ``sdxl`` fixture's checkpoint, with its motion module (or ``module``)."""
+    body = payload.txt2img(i4vgen=i4vgen or True, animatediff={"model": module or sdxl["module"]}, width=XL_SIZE,
+                           height=XL_SIZE, n_iter=n_iter, alwayson=alwayson)
+    return webui.job("/sdapi/v1/txt2img", body)

@@ -26,9 +26,10 @@ from typing import Dict, Iterator, Mapping, Sequence, Tuple, Union
 
 import torch
 
+from i4vgen_ext.backbones.configs import UNET_PREFIX
+
 FILE_NAME = "control-lora-canny-rank16.safetensors"  # for models/ControlNet; CN reads the layout, not the name
 RANK = 16  # ~61 MiB in fp16 at SDXL size (rank 128 gives Stability's own rank128 file size, 377 MiB)
-UNET_PREFIX = "model.diffusion_model."
 MARKER = "lora_controlnet"
 ENCODER_PARTS = ("time_embed", "label_emb", "input_blocks", "middle_block")
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)  # cldm.py input_hint_block between the hint and the model channels

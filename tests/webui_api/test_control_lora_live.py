@@ -10,10 +10,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from .client import encode_png
-from .conftest import XL_SIZE, assert_video
+from .conftest import XL_SIZE, assert_video, xl_job
 from .test_controlnet_live import controlnet, error_message, pixels, unit
 
-TXT2IMG = "/sdapi/v1/txt2img"
 SD1_NAMES = ("sd14", "sd15", "sd16")  # scripts/enums.py StableDiffusionVersion.detect_from_model_name: an SD1.x model
 
 
@@ -35,11 +34,6 @@ def drawn_image() -> Image.Image:
     return image
 
 
-def xl_job(webui, payload, sdxl, alwayson=None):
-    return webui.job(TXT2IMG, payload.txt2img(i4vgen=True, animatediff={"model": sdxl["module"]}, width=XL_SIZE,
-                                              height=XL_SIZE, alwayson=alwayson))
-
-
 @pytest.fixture(scope="module")
 def without_unit(webui, payload, plain_reference, sdxl, control_lora):
     job = xl_job(webui, payload, sdxl)
@@ -48,8 +42,8 @@ def without_unit(webui, payload, plain_reference, sdxl, control_lora):
 
 
 def test_control_lora_unit_changes_the_video(webui, payload, sdxl, control_lora, without_unit, measured):
-    job = xl_job(webui, payload, sdxl, controlnet(unit(control_lora, image=encode_png(drawn_image()),
-                                                       processor_res=XL_SIZE)))
+    control = controlnet(unit(control_lora, image=encode_png(drawn_image()), processor_res=XL_SIZE))
+    job = xl_job(webui, payload, sdxl, alwayson=control)
     measured["control_lora_sdxl"] = {"model": control_lora, "status": job.status, "seconds": round(job.seconds, 1),
                                      "record": job.record if job.status == 200 else error_message(job)}
     assert_video(job, size=XL_SIZE)

@@ -9,17 +9,10 @@ import pytest
 from PIL import Image
 
 from .client import encode_png
-from .conftest import XL_SIZE, assert_video, motion_module_files
+from .conftest import XL_SIZE, assert_video, motion_module_files, xl_job
 
 TXT2IMG = "/sdapi/v1/txt2img"
 HOTSHOT = "hotshotxl_random.safetensors"  # what build_models.py writes
-
-
-def xl_job(webui, payload, sdxl, module=None, **i4vgen):
-    n_iter = i4vgen.pop("n_iter", 1)
-    body = payload.txt2img(i4vgen=i4vgen or True, animatediff={"model": module or sdxl["module"]}, width=XL_SIZE,
-                           height=XL_SIZE, n_iter=n_iter)
-    return webui.job(TXT2IMG, body)
 
 
 def test_sdxl_txt2img(webui, payload, plain_reference, sdxl, measured):
